@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: the ``../shared`` data folder and small random-weight models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BIREFNET_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "birefnet"
+MATTING = SHARED / "data" / "matting"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test, with the reason, when a ``../shared`` file is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the ../shared folder beside the repo holds the fixtures "
+                    "(developer checkouts and CI have it; set BIREFNET_SHARED to point elsewhere)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return require_shared(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def matting_dir() -> Path:
+    return require_shared(MATTING)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised PVT-v2-b0 BiRefNet (the smallest architecture), eval mode, CPU."""
+    import torch
+
+    from birefnet_core.model import BiRefNet
+    from birefnet_core.variants import Architecture
+
+    torch.manual_seed(0)
+    model = BiRefNet(Architecture("pvt_v2_b0"))
+    # Non-trivial BatchNorm statistics so that eval-mode normalisation is exercised.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
