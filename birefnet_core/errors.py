@@ -26,3 +26,7 @@ class OutOfMemoryError(BiRefNetError, RuntimeError):
 
 class CancelledError(BiRefNetError, RuntimeError):
     """The caller's ``is_cancelled`` callback asked to stop between chunks."""
+
+
+class DownloadError(BiRefNetError, OSError):
+    """A requested checkpoint download could not be completed (offline, refused, corrupt)."""

@@ -180,7 +180,7 @@ FAMILIES: dict[str, Family] = {
         _fam("hrsod", "HRSOD (1024²)", hf_repo="ZhengPeng7/BiRefNet-HRSOD"),
         _fam("rmbg2", "RMBG-2.0 (1024²)", hf_repo="briaai/RMBG-2.0",
              note="BRIA RMBG-2.0: BiRefNet general architecture, non-commercial licence"),
-        _fam("legacy", "Legacy paper weights (1024²)",
+        _fam("legacy", "Legacy paper weights (1024²)", hf_repo="ZhengPeng7/BiRefNet-legacy",
              note="paper-era checkpoints (legacy decoder generation)"),
     )
 }
