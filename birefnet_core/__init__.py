@@ -35,6 +35,16 @@ _LAZY = {
     "filter_checkpoint": ".weights",
     "detect_architecture": ".weights",
     "build_model": ".weights",
+    "predict_masks": ".inference",
+    "Precision": ".inference",
+    "WorkingSize": ".inference",
+    "resolve_working_size": ".inference",
+    "resolve_precision": ".inference",
+    "estimate_memory": ".inference",
+    "preprocess": ".inference",
+    "postprocess": ".inference",
+    "regions_to_boxes": ".inference",
+    "download_checkpoint": ".download",
 }
 
 __all__ = [
