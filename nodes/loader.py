@@ -1,0 +1,140 @@
+"""``BiRefNetModelLoader``: a weights file -> a ``BIREFNET_MODEL`` under ComfyUI's memory manager."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..birefnet_core.inference import Precision
+from ..birefnet_core.variants import FAMILIES, PatchOrder
+from . import host
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "BIREFNET_MODEL"
+CATEGORY = "BiRefNet"
+AUTO = "auto"
+PRECISIONS = tuple(p.value for p in Precision)  # auto, fp32, fp16, bf16
+
+
+@dataclass(frozen=True)
+class BiRefNetModel:
+    """What travels on a ``BIREFNET_MODEL`` wire.
+
+    ``patcher`` is a ``comfy.model_patcher.ModelPatcher`` around the core ``BiRefNet`` module, so
+    ComfyUI decides when it sits on the GPU; ``info`` is the core's ``ModelInfo`` (architecture,
+    family, parameter count); ``precision`` is the loader's choice (auto/fp32/fp16/bf16).
+    """
+
+    patcher: Any
+    info: Any
+    precision: str = AUTO
+
+    @property
+    def model(self):
+        """The ``BiRefNet`` module (on whatever device ComfyUI last put it)."""
+        return self.patcher.model
+
+    @property
+    def family(self):
+        return self.info.family
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __repr__(self) -> str:  # shown in ComfyUI's debug output
+        return f"BiRefNetModel({self.info.name}, precision={self.precision})"
+
+
+def _clear_caches(module) -> None:
+    """After ComfyUI offloads the model: drop caches that may still hold device tensors."""
+    reset = getattr(module, "reset_static", None)
+    if reset is not None:
+        reset()
+
+
+def _family_tooltip() -> str:
+    lines = ", ".join(f"{name} = {fam.label}" for name, fam in FAMILIES.items())
+    return ("Which published BiRefNet family the file is: sets the working resolution, matting "
+            "vs segmentation and the patch order. 'auto' guesses from the file name (HR, 2K, "
+            f"512, dynamic, matting, lite, ...). {lines}.")
+
+
+class BiRefNetModelLoader:
+    DESCRIPTION = (
+        "Loads a BiRefNet (or RMBG-2.0) weights file from models/birefnet (and core's "
+        "models/background_removal). The architecture is read from the weights; the family "
+        "(working resolution, matting, patch order) from the file name unless overridden. The "
+        "model is handed to ComfyUI's memory manager: it moves to the GPU only while "
+        "segmenting and is offloaded when other models need the memory or on 'Unload models'. "
+        "After loading, the node shows the detected family, backbone, resolution and size.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded BiRefNet model, managed by ComfyUI (connect it to BiRefNet "
+                       "Remove Background).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (host.list_models(), {
+                    "tooltip": "BiRefNet weights file (.safetensors or .pth) from "
+                               "models/birefnet or models/background_removal. Refresh (R) after "
+                               "adding files."}),
+                "precision": (list(PRECISIONS), {
+                    "default": AUTO,
+                    "tooltip": "Compute precision on the GPU. auto = ComfyUI's choice for the "
+                               "GPU (bf16 on recent NVIDIA cards, fp16 where it is fast, else "
+                               "fp32; follows --force-fp32/--force-fp16); the CPU always runs "
+                               "fp32. fp32 is exact but slowest and uses the most memory."}),
+                "family": ([AUTO, *FAMILIES], {
+                    "default": AUTO,
+                    "tooltip": _family_tooltip()}),
+                "patch_order": ([AUTO, *(p.value for p in PatchOrder)], {
+                    "default": AUTO,
+                    "advanced": True,
+                    "tooltip": "Advanced: how the decoder stacks image patches. auto = the "
+                               "family's (split for models before Nov 2024, einops after). A "
+                               "wrong order silently degrades masks; change only for renamed "
+                               "files whose family cannot be guessed."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        """Replace the combo check with an actionable message (no file / file gone)."""
+        try:
+            host.model_path(model_name)
+        except host.ModelFileError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, model_name, **_):
+        return host.file_signature(model_name)
+
+    def load(self, model_name, precision=AUTO, family=AUTO, patch_order=AUTO):
+        from ..birefnet_core.weights import load_model
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {precision!r}")
+        path = host.model_path(model_name)
+        loaded = load_model(path, family=None if family == AUTO else family,
+                            patch_order=None if patch_order == AUTO else patch_order,
+                            device="cpu")
+        patcher = host.make_patcher(loaded.model, on_detach=_clear_caches)
+        model = BiRefNetModel(patcher, loaded.info, precision)
+        summary = loaded.info.summary()
+        if precision != AUTO:
+            summary += f"\nprecision: {precision}"
+        log.info("BiRefNet: loaded %s", summary.replace("\n", "; "))
+        return {"ui": {"text": [summary]}, "result": (model,)}
+
+
+NODE_CLASS_MAPPINGS = {"BiRefNetModelLoader": BiRefNetModelLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"BiRefNetModelLoader": "Load BiRefNet Model"}

@@ -1,0 +1,154 @@
+"""``BiRefNetSegment``: images -> foreground masks and RGBA cut-outs, under ComfyUI's memory manager."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..birefnet_core.errors import CancelledError, InputError
+from ..birefnet_core.inference import (
+    DYNAMIC_MAX_MEGAPIXELS,
+    estimate_memory,
+    predict_masks,
+    resolve_precision,
+    resolve_working_size,
+)
+from . import host
+from .loader import CATEGORY, MODEL_TYPE, BiRefNetModel
+
+log = logging.getLogger(__name__)
+
+MASK_CONVENTION = (
+    "1 = foreground (like core RemoveBackground); ComfyUI's LoadImage/JoinImageWithAlpha masks "
+    "use 1 = transparent — use the rgba output instead of InvertMask.")
+
+# Working sizes offered besides auto/dynamic: every size a published family was trained at, plus
+# a few in between. Sides must be multiples of 32. New entries may be added; none removed.
+RESOLUTIONS = ("auto", "dynamic", "512x512", "768x768", "1024x1024", "1280x1280", "1536x1536",
+               "2048x2048", "2560x1440", "1440x2560")
+MAX_BATCH = 256
+
+
+class BiRefNetSegment:
+    DESCRIPTION = (
+        "Removes the background with a BiRefNet model: outputs a foreground mask (" +
+        MASK_CONVENTION + ") and the image with that mask as alpha (straight, not premultiplied; "
+        "save it as PNG). Frames are processed a chunk at a time with a progress bar and can be "
+        "cancelled; ComfyUI first makes room for the model on the GPU, offloading other models "
+        "as needed. An optional region mask restricts segmentation to the box around its white "
+        "pixels (useful to pick one subject); an all-black region means the whole frame.")
+    CATEGORY = CATEGORY
+    FUNCTION = "segment"
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("mask", "rgba")
+    OUTPUT_TOOLTIPS = (
+        "Foreground mask [B,H,W], 0..1, same size as the images. " + MASK_CONVENTION,
+        "The images as RGBA: RGB unchanged, alpha = the mask (straight alpha). Connect to Save "
+        "Image for transparent PNGs.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "A model from Load BiRefNet Model."}),
+                "images": ("IMAGE", {
+                    "tooltip": "Images or video frames (RGB, grey or RGBA; RGBA alpha is "
+                               "ignored). Masks come out at each image's own size."}),
+                "resolution": (list(RESOLUTIONS), {
+                    "default": "auto",
+                    "tooltip": "Working size (WxH) the model sees. auto = what the model's "
+                               "family was trained at (1024x1024 for most, 2048x2048 for HR, "
+                               "2560x1440 for lite-2K, image size for dynamic models). dynamic "
+                               "= each image's size rounded to a multiple of 32, capped by "
+                               "max_megapixels. Larger is sharper but slower and needs more "
+                               "memory."}),
+                "max_megapixels": ("FLOAT", {
+                    "default": round(DYNAMIC_MAX_MEGAPIXELS, 2), "min": 0.25, "max": 16.0,
+                    "step": 0.1, "round": 0.01,
+                    "tooltip": "Pixel cap of the dynamic working size (megapixels), used when "
+                               "resolution is dynamic or the model is a dynamic family; larger "
+                               "images are scaled down to it before segmentation."}),
+                "batch_size": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_BATCH,
+                    "tooltip": "Frames per chunk on the device. 0 = automatic from free memory; "
+                               "halved automatically on out-of-memory. Does not change the "
+                               "result."}),
+            },
+            "optional": {
+                "region": ("MASK", {
+                    "tooltip": "Optional box guidance: only the bounding box of the white "
+                               "(> 0.5) pixels is segmented (with some context around it), the "
+                               "mask is 0 outside it. Any size (scaled to the images); one per "
+                               "image or one for all; all black = whole frame (LoadImage gives "
+                               "that for images without alpha)."}),
+            },
+        }
+
+    def segment(self, model, images, resolution="auto", max_megapixels=DYNAMIC_MAX_MEGAPIXELS,
+                batch_size=0, region=None):
+        if not isinstance(model, BiRefNetModel):
+            raise TypeError(f"'model' must come from Load BiRefNet Model (BIREFNET_MODEL), got "
+                            f"{type(model).__name__}")
+        _check_images(images)
+        out_device = host.intermediate_device()
+        batch, height, width = images.shape[:3]
+        if batch == 0:
+            return (torch.zeros(0, height, width, device=out_device),
+                    torch.zeros(0, height, width, 4, device=out_device))
+        resolution = None if resolution == "auto" else resolution
+        family = model.info.family
+
+        patcher = model.patcher
+        device = patcher.load_device
+        precision = (host.auto_precision(device) if model.precision == "auto"
+                     else model.precision)
+        plan = resolve_precision(precision, device)
+        size = resolve_working_size(family, (height, width), override=resolution,
+                                    max_megapixels=max_megapixels)
+        chunk = min(batch_size or 1, batch)
+        weights = patcher.model_size()
+        extra = estimate_memory(patcher.model, size.wh, plan.dtype, chunk) - weights
+        host.load_on_device(patcher, memory_required=max(0, extra) + _io_bytes(images, chunk))
+
+        update = host.progress(batch)
+        try:
+            masks = predict_masks(
+                patcher.model, images, family=family, resolution=resolution,
+                precision=precision, device=device, batch_size=batch_size, regions=region,
+                max_megapixels=max_megapixels, on_progress=update,
+                is_cancelled=host.interrupted, on_note=_note, output_device=out_device)
+        except CancelledError:
+            host.raise_interrupt()  # ComfyUI's own exception: reported as interrupted
+            raise
+        return masks, compose_rgba(images, masks)
+
+
+def _note(message: str) -> None:
+    log.warning("BiRefNet: %s", message)
+
+
+def _io_bytes(images: torch.Tensor, chunk: int) -> int:
+    """Device bytes of one chunk of input frames and its masks (float32)."""
+    _, height, width, channels = images.shape
+    return chunk * height * width * (channels + 1) * 4
+
+
+def _check_images(images) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputError(f"'images' must be an IMAGE [B, H, W, C] with C = 1, 3 or 4 channels, "
+                         f"got {shape}")
+
+
+def compose_rgba(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``images [B,H,W,C]`` (C = 1, 3 or 4) + ``masks [B,H,W]`` -> RGBA ``[B,H,W,4]`` float32 on
+    the masks' device, straight alpha = mask (an input alpha channel is replaced)."""
+    rgb = images[..., :3] if images.shape[-1] >= 3 else images.expand(*images.shape[:3], 3)
+    rgb = rgb.to(device=masks.device, dtype=torch.float32)
+    return torch.cat((rgb, masks.unsqueeze(-1).to(torch.float32)), dim=-1)
+
+
+NODE_CLASS_MAPPINGS = {"BiRefNetSegment": BiRefNetSegment}
+NODE_DISPLAY_NAME_MAPPINGS = {"BiRefNetSegment": "BiRefNet Remove Background"}

@@ -1,0 +1,1 @@
+"""Fake ``comfy`` package of the test host (see ``tests/fake_host/__init__.py``)."""
