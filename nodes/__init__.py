@@ -14,7 +14,7 @@ from . import host
 
 # Node modules, in menu order. A module not (yet) present in this checkout is skipped; one that
 # is present but fails to import raises, so a broken node is never silently missing.
-NODE_MODULES = ("loader", "segment", "refine", "composite")
+NODE_MODULES = ("loader", "segment", "refine", "composite", "download")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -118,22 +118,28 @@ class BiRefNetModelLoader:
         return host.file_signature(model_name)
 
     def load(self, model_name, precision=AUTO, family=AUTO, patch_order=AUTO):
-        from ..birefnet_core.weights import load_model
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {precision!r}")
-        path = host.model_path(model_name)
-        loaded = load_model(path, family=None if family == AUTO else family,
-                            patch_order=None if patch_order == AUTO else patch_order,
-                            device="cpu")
-        patcher = host.make_patcher(loaded.model, on_detach=_clear_caches)
-        model = BiRefNetModel(patcher, loaded.info, precision)
-        summary = loaded.info.summary()
-        if precision != AUTO:
-            summary += f"\nprecision: {precision}"
-        log.info("BiRefNet: loaded %s", summary.replace("\n", "; "))
+        model, summary = load_birefnet(host.model_path(model_name), precision, family, patch_order)
         return {"ui": {"text": [summary]}, "result": (model,)}
+
+
+def load_birefnet(path: str, precision: str = AUTO, family: str = AUTO,
+                  patch_order: str = AUTO) -> tuple[BiRefNetModel, str]:
+    """Load a weights file into a ``BIREFNET_MODEL`` under ComfyUI's memory manager.
+
+    Returns the model and the summary text the node shows.
+    """
+    from ..birefnet_core.weights import load_model
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    loaded = load_model(path, family=None if family == AUTO else family,
+                        patch_order=None if patch_order == AUTO else patch_order, device="cpu")
+    patcher = host.make_patcher(loaded.model, on_detach=_clear_caches)
+    summary = loaded.info.summary()
+    if precision != AUTO:
+        summary += f"\nprecision: {precision}"
+    log.info("BiRefNet: loaded %s", summary.replace("\n", "; "))
+    return BiRefNetModel(patcher, loaded.info, precision), summary
 
 
 NODE_CLASS_MAPPINGS = {"BiRefNetModelLoader": BiRefNetModelLoader}

@@ -2,65 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import threading
-
 import pytest
 
 from birefnet_core import family_from_filename
 from birefnet_core.download import CHECKPOINTS, checkpoint_url, download_checkpoint
 from birefnet_core.errors import DownloadError, InputError
-
-PAYLOAD = b"not really weights, but bytes with a known hash" * 1000
-
-
-class _FakeHub(http.server.BaseHTTPRequestHandler):
-    """Answers like the hub: /<repo>/resolve/main/<file> redirects to a CDN path, and the redirect
-    carries the file's size and sha256."""
-
-    payload = PAYLOAD
-    advertised_sha = hashlib.sha256(PAYLOAD).hexdigest()
-    requests: list[str] = []
-
-    def _redirect(self):
-        self.send_response(302)
-        self.send_header("Location", "/cdn/blob")
-        self.send_header("X-Linked-Size", str(len(self.payload)))
-        self.send_header("X-Linked-Etag", f'"{self.advertised_sha}"')
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_HEAD(self):
-        type(self).requests.append(f"HEAD {self.path}")
-        self._redirect()
-
-    def do_GET(self):
-        type(self).requests.append(f"GET {self.path}")
-        if self.path.startswith("/cdn/"):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(self.payload)))
-            self.end_headers()
-            self.wfile.write(self.payload)
-        else:
-            self._redirect()
-
-    def log_message(self, *args):
-        pass
-
+from tests.fake_hub import PAYLOAD, serve
 
 @pytest.fixture
 def hub(monkeypatch):
-    _FakeHub.requests = []
-    _FakeHub.advertised_sha = hashlib.sha256(PAYLOAD).hexdigest()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    yield _FakeHub
-    server.shutdown()
+    with serve() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        yield fake
 
 
 def test_every_published_file_name_carries_its_family():
@@ -83,13 +38,13 @@ def test_download_verifies_and_names_by_family(hub, tmp_path):
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert not list(path.parent.glob("*.part"))
     # Present already: no network at all.
-    hub.requests.clear()
+    hub.handler.requests.clear()
     assert download_checkpoint("hr_matting", tmp_path / "birefnet") == path
-    assert hub.requests == []
+    assert hub.handler.requests == []
 
 
 def test_corrupt_download_leaves_nothing(hub, tmp_path):
-    hub.advertised_sha = "0" * 64
+    hub.handler.advertised_sha = "0" * 64
     with pytest.raises(DownloadError, match="corrupt"):
         download_checkpoint("lite", tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -102,7 +57,7 @@ def test_offline_fails_fast_with_url_and_folder(hub, tmp_path, monkeypatch):
     message = str(info.value)
     assert "ZhengPeng7/BiRefNet/resolve/main/model.safetensors" in message
     assert str(tmp_path / "models" / "BiRefNet.safetensors") in message
-    assert hub.requests == []
+    assert hub.handler.requests == []
 
 
 def test_unreachable_hub_says_what_to_do(tmp_path, monkeypatch):
