@@ -45,6 +45,12 @@ _LAZY = {
     "postprocess": ".inference",
     "regions_to_boxes": ".inference",
     "download_checkpoint": ".download",
+    "refine_edges": ".refine",
+    "temporal_smooth": ".refine",
+    "grow_shrink": ".refine",
+    "feather": ".refine",
+    "estimate_foreground": ".composite",
+    "parse_hex_color": ".composite",
 }
 
 __all__ = [

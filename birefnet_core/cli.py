@@ -106,18 +106,17 @@ def _save(array, path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(data)).save(path)
 
 
-def render(kind: str, images, masks, background=None, estimate_foreground=True):
+def render(kind: str, images, masks, background=None, estimate_foreground: bool = True):
     """The output frames for ``kind``: rgba ``[k,H,W,4]`` (straight alpha), mask ``[k,H,W]``
     (1 = foreground) or composite ``[k,H,W,3]`` over ``background``."""
     if kind == "mask":
         return masks
-    from . import composite
+    from .composite import composite
 
+    method = "multilevel" if estimate_foreground else "none"
     if kind == "rgba":
-        return composite.composite(images, masks, background=None,
-                                   estimate_foreground=estimate_foreground)
-    return composite.composite(images, masks, background=background,
-                               estimate_foreground=estimate_foreground)
+        return composite(images, masks, "transparent", output_alpha=True, foreground=method)
+    return composite(images, masks, background, foreground=method)
 
 
 class _Progress:

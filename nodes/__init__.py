@@ -8,21 +8,17 @@ importing this package builds no model and imports no ``comfy`` module.
 from __future__ import annotations
 
 import importlib
-import os
 
 from . import host
 
-# Node modules, in menu order. A module not (yet) present in this checkout is skipped; one that
-# is present but fails to import raises, so a broken node is never silently missing.
+# Node modules, in menu order. One that fails to import raises: a broken node is never silently
+# missing.
 NODE_MODULES = ("loader", "segment", "refine", "composite", "download")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
-_here = os.path.dirname(os.path.abspath(__file__))
 for _name in NODE_MODULES:
-    if not os.path.isfile(os.path.join(_here, _name + ".py")):
-        continue
     _module = importlib.import_module(f".{_name}", __name__)
     _clash = set(_module.NODE_CLASS_MAPPINGS) & set(NODE_CLASS_MAPPINGS)
     if _clash:

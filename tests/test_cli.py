@@ -81,3 +81,28 @@ def test_module_entry_point_runs():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "general" in result.stdout
+
+
+def test_rgba_and_composite_outputs(checkpoint, tmp_path):
+    frames = _write_frames(tmp_path / "in", [(48, 40)])
+    rgba_dir, comp_dir = tmp_path / "rgba", tmp_path / "comp"
+    assert main(["remove", str(checkpoint), str(frames), "-o", str(rgba_dir),
+                 "--resolution", "64x64", "-q"]) == 0
+    rgba = Image.open(rgba_dir / "frame_0000.png")
+    assert rgba.mode == "RGBA" and rgba.size == (48, 40)
+    assert main(["remove", str(checkpoint), str(frames), "-o", str(comp_dir), "--output",
+                 "composite", "--background", "#00ff00", "--resolution", "64x64", "-q"]) == 0
+    comp = np.asarray(Image.open(comp_dir / "frame_0000.png"), dtype=np.float32) / 255
+    alpha = np.asarray(rgba, dtype=np.float32)[..., 3] / 255
+    assert comp.shape == (40, 48, 3)
+    # Where the mask is empty, the composite is the green background.
+    empty = alpha < 0.01
+    if empty.any():
+        assert np.allclose(comp[empty], [0, 1, 0], atol=0.02)
+
+
+def test_composite_needs_a_background(checkpoint, tmp_path, capsys):
+    frames = _write_frames(tmp_path / "in", [(32, 32)])
+    assert main(["remove", str(checkpoint), str(frames), "-o", str(tmp_path / "o"),
+                 "--output", "composite", "-q"]) == 2
+    assert "--background" in capsys.readouterr().err

@@ -1,0 +1,329 @@
+"""Shared low-level filters: integral-image box filter, guided filter, morphology, components.
+
+Everything here works on batched ``[B, C, H, W]`` float tensors (masks as ``C = 1``) on the
+input's device, in the input's floating dtype, and costs O(1) per pixel for the box-type filters
+whatever the radius (cumulative sums, never ``avg_pool`` with huge kernels). One implementation
+per algorithm: :mod:`.refine` and :mod:`.composite` both build on these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "box_filter",
+    "gaussian_like_blur",
+    "guided_filter",
+    "dilate",
+    "erode",
+    "connected_components",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Box filter (integral image, separable)
+# --------------------------------------------------------------------------------------------
+def _box_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Windowed *sum* over ``[i - r, i + r]`` along ``dim`` (-1 or -2), clipped at the borders."""
+    n = x.shape[dim]
+    c = torch.cumsum(x, dim=dim)
+    lead = list(x.shape)
+    lead[dim] = r + 1
+    tail = list(x.shape)
+    tail[dim] = r
+    # c_ext[k] = sum of x[:k - r - 1] clipped to [0, n]: zeros before, the total after.
+    c = torch.cat([c.new_zeros(lead), c, c.narrow(dim, n - 1, 1).expand(tail)], dim=dim)
+    return c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)
+
+
+def _box_count(n: int, r: int, device, dtype) -> torch.Tensor:
+    i = torch.arange(n, device=device)
+    return (torch.clamp(i + r + 1, max=n) - torch.clamp(i - r, min=0)).to(dtype)
+
+
+def box_filter(x: torch.Tensor, radius: int | tuple[int, int]) -> torch.Tensor:
+    """Mean over a ``(2r+1)`` square window, normalised by the number of pixels inside the image.
+
+    Args:
+        x: ``[B, C, H, W]`` floating tensor.
+        radius: window radius in pixels, an int or ``(ry, rx)``; 0 returns ``x``.
+
+    Returns:
+        ``[B, C, H, W]`` local means (borders average only the pixels that exist).
+
+    Cost is O(1) per pixel for any radius (two cumulative sums). The input is centred on its
+    global mean first so that float32 cumulative sums stay accurate at 4K.
+
+    >>> box_filter(torch.ones(1, 1, 5, 5), 2).allclose(torch.ones(1, 1, 5, 5))
+    True
+    """
+    ry, rx = (radius, radius) if isinstance(radius, int) else radius
+    ry, rx = int(ry), int(rx)
+    if ry <= 0 and rx <= 0:
+        return x
+    h, w = x.shape[-2:]
+    shift = x.mean(dim=(-2, -1), keepdim=True)
+    y = x - shift
+    norm = None
+    if rx > 0:
+        y = _box_1d(y, rx, -1)
+        norm = _box_count(w, rx, x.device, x.dtype).view(1, w)
+    if ry > 0:
+        y = _box_1d(y, ry, -2)
+        cy = _box_count(h, ry, x.device, x.dtype).view(h, 1)
+        norm = cy if norm is None else cy * norm
+    return y / norm + shift
+
+
+def gaussian_like_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Approximate Gaussian blur by three box filters (O(1) per pixel for any ``sigma``).
+
+    ``x`` is ``[B, C, H, W]``. ``sigma`` in pixels; ``sigma <= 0`` returns ``x``.
+
+    >>> gaussian_like_blur(torch.zeros(1, 1, 8, 8), 3.0).abs().max().item()
+    0.0
+    """
+    if sigma <= 0:
+        return x
+    # Three passes of width w = 2r+1 give variance 3 (w^2 - 1) / 12 = r (r + 1).
+    r = max(1, int(round((math.sqrt(1 + 4 * sigma * sigma) - 1) / 2)))
+    for _ in range(3):
+        x = box_filter(x, r)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Guided filter (He et al., colour guide), optionally "fast" (coefficients at reduced size)
+# --------------------------------------------------------------------------------------------
+def _inv3_sym(a11, a12, a13, a22, a23, a33):
+    """Elementwise inverse of symmetric 3x3 matrices given by their 6 unique entries."""
+    c11 = a22 * a33 - a23 * a23
+    c12 = a13 * a23 - a12 * a33
+    c13 = a12 * a23 - a13 * a22
+    c22 = a11 * a33 - a13 * a13
+    c23 = a12 * a13 - a11 * a23
+    c33 = a11 * a22 - a12 * a12
+    det = a11 * c11 + a12 * c12 + a13 * c13
+    inv_det = 1.0 / det
+    return (c11 * inv_det, c12 * inv_det, c13 * inv_det,
+            c22 * inv_det, c23 * inv_det, c33 * inv_det)
+
+
+def guided_filter_coeffs(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float):
+    """Per-window linear coefficients ``(A, b)`` with ``src ~ A . guide + b`` (already box-averaged).
+
+    ``guide`` is ``[B, 1 or 3, H, W]``, ``src`` ``[B, 1, H, W]``. Returns ``A`` ``[B, Cg, H, W]``
+    and ``b`` ``[B, 1, H, W]``, both mean-filtered, so that ``q = (A * guide).sum(1) + b``.
+    """
+    mean = lambda t: box_filter(t, radius)  # noqa: E731
+    mp = mean(src)
+    if guide.shape[1] == 1:
+        mi = mean(guide)
+        var = mean(guide * guide) - mi * mi
+        cov = mean(guide * src) - mi * mp
+        a = cov / (var + eps)
+        b = mp - a * mi
+        return mean(a), mean(b)
+    mi = mean(guide)  # [B,3,H,W]
+    r, g, bl = guide[:, 0:1], guide[:, 1:2], guide[:, 2:3]
+    prods = torch.cat([r * r, r * g, r * bl, g * g, g * bl, bl * bl, guide * src], dim=1)
+    m = mean(prods)
+    mr, mg, mb = mi[:, 0:1], mi[:, 1:2], mi[:, 2:3]
+    vrr = m[:, 0:1] - mr * mr + eps
+    vrg = m[:, 1:2] - mr * mg
+    vrb = m[:, 2:3] - mr * mb
+    vgg = m[:, 3:4] - mg * mg + eps
+    vgb = m[:, 4:5] - mg * mb
+    vbb = m[:, 5:6] - mb * mb + eps
+    cov = m[:, 6:9] - mi * mp
+    i11, i12, i13, i22, i23, i33 = _inv3_sym(vrr, vrg, vrb, vgg, vgb, vbb)
+    cr, cg, cb = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
+    a = torch.cat([i11 * cr + i12 * cg + i13 * cb,
+                   i12 * cr + i22 * cg + i23 * cb,
+                   i13 * cr + i23 * cg + i33 * cb], dim=1)
+    b = mp - (a * mi).sum(1, keepdim=True)
+    ab = mean(torch.cat([a, b], dim=1))
+    return ab[:, :3], ab[:, 3:]
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-4,
+                  subsample: float = 1.0) -> torch.Tensor:
+    """Edge-preserving smoothing of ``src`` steered by ``guide`` (He, Sun, Tang; colour guide).
+
+    Args:
+        guide: ``[B, 1 or 3, H, W]`` image in 0..1.
+        src: ``[B, 1, H, W]`` signal to filter (e.g. a mask, 1 = foreground).
+        radius: window radius at full resolution, in pixels.
+        eps: regularisation (larger = smoother, less edge-following).
+        subsample: "fast guided filter" factor: the coefficients are computed at
+            ``1/subsample`` size and bilinearly upsampled, then applied to the full-size guide.
+
+    Returns:
+        ``[B, 1, H, W]`` filtered ``src`` (not clamped).
+
+    >>> g = torch.rand(1, 3, 16, 16); p = torch.rand(1, 1, 16, 16)
+    >>> guided_filter(g, p, 2).shape
+    torch.Size([1, 1, 16, 16])
+    """
+    h, w = guide.shape[-2:]
+    if subsample > 1.0:
+        hs, ws = max(1, round(h / subsample)), max(1, round(w / subsample))
+        g_s = F.interpolate(guide, size=(hs, ws), mode="bilinear", align_corners=False,
+                            antialias=True)
+        p_s = F.interpolate(src, size=(hs, ws), mode="bilinear", align_corners=False,
+                            antialias=True)
+        r_s = max(1, round(radius / subsample))
+        a, b = guided_filter_coeffs(g_s, p_s, r_s, eps)
+        a = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)
+        b = F.interpolate(b, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        a, b = guided_filter_coeffs(guide, src, radius, eps)
+    return (a * guide).sum(1, keepdim=True) + b
+
+
+# --------------------------------------------------------------------------------------------
+# Morphology with a near-disk (octagon) structuring element, O(log r) passes
+# --------------------------------------------------------------------------------------------
+def _line_max(x: torch.Tensor, m: int, dy: int, dx: int) -> torch.Tensor:
+    """Max over ``x[i + k*dy, j + k*dx]`` for ``k`` in ``[-m, m]`` (outside the image ignored)."""
+    if m <= 0:
+        return x
+    length = 2 * m + 1
+    low = torch.finfo(x.dtype).min
+    pad_y, pad_x = m * abs(dy), m * abs(dx)
+    # Pad so every shifted read stays in bounds; the run starts at offset -m.
+    y = F.pad(x, (pad_x, pad_x + length * abs(dx), pad_y, pad_y + length * abs(dy)), value=low)
+    h, w = x.shape[-2:]
+
+    def shifted(t, k):  # t[i + k*dy, j + k*dx] in padded coordinates, same size as t
+        oy, ox = k * dy, k * dx
+        out = torch.full_like(t, low)
+        hh, ww = t.shape[-2:]
+        ys, ye = max(0, -oy), min(hh, hh - oy)
+        xs, xe = max(0, -ox), min(ww, ww - ox)
+        out[..., ys:ye, xs:xe] = t[..., ys + oy:ye + oy, xs + ox:xe + ox]
+        return out
+
+    # run[p] = max of x over offsets 0..p-1 (doubling), then combine two overlapping runs.
+    run, p = y, 1
+    while 2 * p <= length:
+        run = torch.maximum(run, shifted(run, p))
+        p *= 2
+    if p < length:
+        run = torch.maximum(run, shifted(run, length - p))
+    # Offset 0 of `run` at padded (i, j) covers k = 0..length-1 from there; we want k = -m..m.
+    oy0 = pad_y - m * dy if dy >= 0 else pad_y + m * abs(dy)
+    ox0 = pad_x - m * dx if dx >= 0 else pad_x + m * abs(dx)
+    return run[..., oy0:oy0 + h, ox0:ox0 + w]
+
+
+def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-scale dilation of ``[B, C, H, W]`` by an octagon approximating a disk of ``radius`` px.
+
+    The octagon is a square of half-width ``s`` plus a diamond of half-width ``2q``
+    (``s ~ 0.414 r``, ``q ~ 0.293 r``), each built from 1-D running maxima in O(log r) passes.
+
+    >>> x = torch.zeros(1, 1, 9, 9); x[..., 4, 4] = 1
+    >>> y = dilate(x, 4)[0, 0]  # reaches 4 px along the axes, cuts the corners
+    >>> y[4, 0].item(), y[0, 0].item()
+    (1.0, 0.0)
+    """
+    radius = int(radius)
+    if radius <= 0:
+        return x
+    q = int(math.floor(0.2929 * radius))
+    s = radius - 2 * q
+    if q > 0 and s < 1:
+        q -= 1
+        s = radius - 2 * q
+    # Pad first: the decomposition passes through points outside the image, which must be kept.
+    pad = s + q if q > 0 else 0
+    h, w = x.shape[-2:]
+    y = F.pad(x, (pad, pad, pad, pad), value=torch.finfo(x.dtype).min) if pad else x
+    y = _line_max(_line_max(y, s, 0, 1), s, 1, 0)
+    if q > 0:
+        y = _line_max(_line_max(y, q, 1, 1), q, 1, -1)
+    return y[..., pad:pad + h, pad:pad + w]
+
+
+def erode(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-scale erosion (the dual of :func:`dilate`); pixels outside the image are ignored.
+
+    >>> erode(torch.ones(1, 1, 5, 5), 2).min().item()
+    1.0
+    """
+    return -dilate(-x, radius)
+
+
+# --------------------------------------------------------------------------------------------
+# Connected components (4-connectivity) by run-length label propagation
+# --------------------------------------------------------------------------------------------
+def _run_min_lastdim(labels: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """Give every horizontal run of ``fg`` the minimum label found in it (last dim)."""
+    prev = torch.zeros_like(fg)
+    prev[..., 1:] = fg[..., :-1]
+    start = (fg & ~prev).reshape(-1)
+    seg = torch.cumsum(start.to(torch.int64), 0) - 1
+    fgf = fg.reshape(-1)
+    seg_f = seg[fgf]
+    lab = labels.reshape(-1).clone()
+    vals = lab[fgf]
+    nseg = int(start.sum())
+    mins = torch.full((max(nseg, 1),), torch.iinfo(torch.int64).max, dtype=torch.int64,
+                      device=labels.device)
+    mins.scatter_reduce_(0, seg_f, vals, reduce="amin")
+    lab[fgf] = mins[seg_f]
+    return lab.view_as(labels)
+
+
+def connected_components(fg: torch.Tensor, max_iterations: int = 1000) -> torch.Tensor:
+    """Label the 4-connected components of a boolean ``[B, H, W]`` tensor.
+
+    Returns an int64 ``[B, H, W]`` tensor: each foreground pixel holds the flat index (over the
+    whole batch) of one pixel of its component, background pixels hold -1. Components never
+    span frames. Runs of pixels along rows and columns are merged alternately, with pointer
+    jumping, so the number of passes grows with how winding a component is, not with its size.
+
+    >>> m = torch.tensor([[[1, 1, 0, 1], [0, 0, 0, 1]]], dtype=torch.bool)
+    >>> connected_components(m).tolist()
+    [[[0, 0, -1, 3], [-1, -1, -1, 3]]]
+    """
+    fg = fg.bool()
+    n = fg.numel()
+    idx = torch.arange(n, device=fg.device, dtype=torch.int64).view_as(fg)
+    big = torch.iinfo(torch.int64).max
+    labels = torch.where(fg, idx, torch.full_like(idx, big))
+    fg_t = fg.transpose(-1, -2).contiguous()
+    flat_fg = fg.reshape(-1)
+    for _ in range(max_iterations):
+        old = labels
+        labels = _run_min_lastdim(labels, fg)
+        labels = _run_min_lastdim(labels.transpose(-1, -2).contiguous(), fg_t)
+        labels = labels.transpose(-1, -2).contiguous()
+        # Pointer jumping: a label is a pixel index whose own label is at most as large.
+        flat = labels.reshape(-1)
+        jumped = flat.clone()
+        jumped[flat_fg] = flat[flat[flat_fg]]
+        labels = jumped.view_as(labels)
+        if torch.equal(labels, old):
+            break
+    return torch.where(fg, labels, torch.full_like(labels, -1))
+
+
+def component_areas(labels: torch.Tensor) -> torch.Tensor:
+    """Area (pixel count) of each pixel's component for labels from :func:`connected_components`.
+
+    Background pixels (label -1) get 0.
+
+    >>> component_areas(torch.tensor([[[0, 0, -1, 3]]])).tolist()
+    [[[2, 2, 0, 1]]]
+    """
+    flat = labels.reshape(-1)
+    valid = flat >= 0
+    counts = torch.bincount(flat[valid], minlength=flat.numel())
+    out = torch.zeros_like(flat)
+    out[valid] = counts[flat[valid]]
+    return out.view_as(labels)

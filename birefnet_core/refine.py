@@ -1,0 +1,468 @@
+"""Mask operations: levels, threshold, morphology, holes/islands, edge refinement, video smoothing.
+
+Conventions (every public function):
+
+* masks are float tensors ``[H, W]``, ``[B, H, W]`` (ComfyUI MASK) or ``[B, 1, H, W]``, values
+  0..1 with **1 = foreground**; the result has the shape that was passed in;
+* guide images are ``[B, H, W, 3|4]`` (ComfyUI IMAGE) or ``[B, 3, H, W]``, 0..1, straight alpha
+  (a 4th channel is ignored);
+* everything runs batched on the input's device; radii are in pixels of the mask.
+
+>>> m = torch.zeros(1, 8, 8); m[:, 2:6, 2:6] = 1
+>>> grow_shrink(m, 1).sum().item() > m.sum().item()
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .filters import (_inv3_sym, box_filter, component_areas, connected_components, dilate, erode,
+                      gaussian_like_blur, guided_filter)
+
+__all__ = [
+    "as_mask4d",
+    "match_mask_to_image",
+    "levels",
+    "threshold",
+    "grow_shrink",
+    "feather",
+    "fill_holes",
+    "remove_islands",
+    "edge_band",
+    "refine_edges",
+    "temporal_smooth",
+    "EDGE_MODES",
+    "TEMPORAL_MODES",
+]
+
+EDGE_MODES = ("none", "guided", "matting")
+TEMPORAL_MODES = ("none", "ema", "median")
+
+
+# --------------------------------------------------------------------------------------------
+# Shape handling
+# --------------------------------------------------------------------------------------------
+def as_mask4d(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, Callable]:
+    """Return ``(mask as [B, 1, H, W] float, function restoring the caller's shape)``.
+
+    >>> m4, back = as_mask4d(torch.zeros(5, 7)); tuple(m4.shape), tuple(back(m4).shape)
+    ((1, 1, 5, 7), (5, 7))
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(mask).__name__}.")
+    shape = tuple(mask.shape)
+    if mask.ndim == 2:
+        m4 = mask[None, None]
+    elif mask.ndim == 3:
+        m4 = mask[:, None]
+    elif mask.ndim == 4 and mask.shape[1] == 1:
+        m4 = mask
+    else:
+        raise InputError(f"{name}: expected shape [H,W], [B,H,W] or [B,1,H,W], got {list(shape)}. "
+                         "Pass a single-channel mask (convert an image with ImageToMask first).")
+    if not m4.is_floating_point():
+        m4 = m4.float()
+    return m4, (lambda t: t.reshape(t.shape[0], *shape[1:]) if len(shape) != 2
+                else t.reshape(shape[-2:]))
+
+
+def _guide4d(image: torch.Tensor, name: str = "guide") -> torch.Tensor:
+    """``[B,H,W,C]`` (C 1/3/4) or ``[B,C,H,W]`` (C 1/3) image -> ``[B, 3 or 1, H, W]`` float."""
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+        raise InputError(f"{name}: expected an image tensor [B,H,W,C] (ComfyUI IMAGE) or "
+                         f"[B,C,H,W], got {getattr(image, 'shape', type(image).__name__)}.")
+    if image.ndim == 3:
+        image = image[None]
+    if image.shape[-1] in (1, 3, 4) and image.shape[1] not in (1, 3):
+        image = image.permute(0, 3, 1, 2)
+    elif image.shape[1] not in (1, 3):
+        raise InputError(f"{name}: cannot tell the channel axis of shape {list(image.shape)}; "
+                         "expected [B,H,W,3|4] or [B,3,H,W].")
+    image = image[:, :3]
+    return image.float() if not image.is_floating_point() else image
+
+
+def match_mask_to_image(mask4: torch.Tensor, size: tuple[int, int], batch: int) -> torch.Tensor:
+    """Resize a ``[B,1,h,w]`` mask bilinearly to ``size`` (H, W) and broadcast a batch of 1.
+
+    >>> match_mask_to_image(torch.ones(1, 1, 4, 4), (8, 6), 3).shape
+    torch.Size([3, 1, 8, 6])
+    """
+    if tuple(mask4.shape[-2:]) != tuple(size):
+        mask4 = F.interpolate(mask4, size=tuple(size), mode="bilinear", align_corners=False)
+    if mask4.shape[0] != batch:
+        if mask4.shape[0] == 1:
+            mask4 = mask4.expand(batch, -1, -1, -1)
+        else:
+            raise InputError(f"mask batch has {mask4.shape[0]} frames but the image batch has "
+                             f"{batch}; pass one mask for all frames or one per frame.")
+    return mask4
+
+
+def _radius(value, name: str) -> int:
+    try:
+        r = int(round(float(value)))
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected a number of pixels, got {value!r}.") from None
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# Point operations and morphology
+# --------------------------------------------------------------------------------------------
+def levels(mask: torch.Tensor, black: float = 0.0, white: float = 1.0,
+           gamma: float = 1.0) -> torch.Tensor:
+    """Map ``[black, white]`` to ``[0, 1]`` (clamped), then apply ``gamma`` (>1 brightens).
+
+    >>> levels(torch.tensor([0.1, 0.5, 0.9]), 0.1, 0.9).round(decimals=4).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    if not white > black:
+        raise InputError(f"levels: white point ({white}) must be above the black point ({black}).")
+    if gamma <= 0:
+        raise InputError(f"levels: gamma must be > 0, got {gamma}.")
+    out = ((mask - black) / (white - black)).clamp(0, 1)
+    return out if gamma == 1.0 else out.pow(1.0 / gamma)
+
+
+def threshold(mask: torch.Tensor, value: float = 0.5) -> torch.Tensor:
+    """Binary mask: 1 where ``mask >= value``, else 0 (same dtype).
+
+    >>> threshold(torch.tensor([0.2, 0.5, 0.8])).tolist()
+    [0.0, 1.0, 1.0]
+    """
+    return (mask >= value).to(mask.dtype)
+
+
+def grow_shrink(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Dilate (``radius > 0``) or erode (``radius < 0``) by a near-disk of ``|radius|`` px.
+
+    Works on soft masks (grey-scale morphology), O(log r) passes.
+
+    >>> m = torch.zeros(1, 9, 9); m[:, 4, 4] = 1
+    >>> int(grow_shrink(m, 1).sum()), int(grow_shrink(grow_shrink(m, 1), -1).sum())
+    (9, 1)
+    """
+    r = _radius(radius, "grow_shrink radius")
+    m4, back = as_mask4d(mask)
+    if r == 0:
+        return mask
+    return back(dilate(m4, r) if r > 0 else erode(m4, -r))
+
+
+def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
+    """Soften edges with a Gaussian-like blur whose visible reach is about ``radius`` px.
+
+    O(1) per pixel (three box filters, sigma = radius / 2).
+
+    >>> feather(torch.ones(1, 6, 6), 3).allclose(torch.ones(1, 6, 6))
+    True
+    """
+    if radius < 0:
+        raise InputError(f"feather radius must be >= 0 px, got {radius}.")
+    m4, back = as_mask4d(mask)
+    return back(gaussian_like_blur(m4, radius / 2.0).clamp(0, 1))
+
+
+def fill_holes(mask: torch.Tensor, max_area: int = 0, level: float = 0.5) -> torch.Tensor:
+    """Fill background regions (``mask < level``) that do not touch the image border.
+
+    Args:
+        max_area: fill only holes of at most this many pixels; 0 fills every enclosed hole
+            (beware: the gap between an arm and a body is a hole too).
+
+    >>> m = torch.ones(1, 5, 5); m[:, 2, 2] = 0
+    >>> fill_holes(m).min().item()
+    1.0
+    """
+    m4, back = as_mask4d(mask)
+    bg = m4[:, 0] < level
+    labels = connected_components(bg)
+    border = torch.zeros_like(bg)
+    border[:, 0, :] = border[:, -1, :] = True
+    border[:, :, 0] = border[:, :, -1] = True
+    touching = torch.zeros(labels.numel() + 1, dtype=torch.bool, device=labels.device)
+    touching[labels[border & bg] ] = True
+    lab = labels.clamp(min=0)
+    hole = bg & ~touching[lab]
+    if max_area > 0:
+        hole &= component_areas(labels) <= max_area
+    return back(torch.where(hole[:, None], torch.ones_like(m4), m4))
+
+
+def remove_islands(mask: torch.Tensor, min_area: int, level: float = 0.5) -> torch.Tensor:
+    """Zero foreground components (``mask >= level``, 4-connected) smaller than ``min_area`` px.
+
+    >>> m = torch.zeros(1, 6, 6); m[:, 0, 0] = 1; m[:, 2:6, 2:6] = 1
+    >>> remove_islands(m, 2).sum().item()
+    16.0
+    """
+    if min_area < 0:
+        raise InputError(f"remove_islands: min_area must be >= 0 px, got {min_area}.")
+    m4, back = as_mask4d(mask)
+    if min_area <= 1:
+        return mask
+    fg = m4[:, 0] >= level
+    small = fg & (component_areas(connected_components(fg)) < min_area)
+    # Also drop the soft fringe around a removed island.
+    small = dilate(small[:, None].to(m4.dtype), 1) > 0.5
+    small &= ~(dilate((fg & ~small[:, 0])[:, None].to(m4.dtype), 1) > 0.5)
+    return back(torch.where(small, torch.zeros_like(m4), m4))
+
+
+def edge_band(mask: torch.Tensor, width: int, level: float | None = None) -> torch.Tensor:
+    """The band around edges: ``dilate(mask) - erode(mask)`` with a total width of ``width`` px.
+
+    With ``level`` set, the mask is binarised at that level first (a crisp band).
+
+    >>> m = torch.zeros(1, 9, 9); m[:, :, 4:] = 1
+    >>> edge_band(m, 2)[0, 0].tolist()
+    [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    if width < 0:
+        raise InputError(f"edge_band width must be >= 0 px, got {width}.")
+    m4, back = as_mask4d(mask)
+    if level is not None:
+        m4 = threshold(m4, level)
+    r = max(1, int(math.ceil(width / 2))) if width > 0 else 0
+    if r == 0:
+        return back(torch.zeros_like(m4))
+    return back((dilate(m4, r) - erode(m4, r)).clamp(0, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Edge refinement from the full-resolution image
+# --------------------------------------------------------------------------------------------
+def _scale_factor(size: tuple[int, int], working_size) -> float:
+    """How much the mask was upsampled: image side / working side (the larger axis ratio)."""
+    if working_size is None:
+        return 1.0
+    if isinstance(working_size, (int, float)):
+        wh = ww = float(working_size)
+    else:
+        wh, ww = (float(v) for v in working_size)
+    if wh <= 0 or ww <= 0:
+        raise InputError(f"working_size must be positive, got {working_size!r}.")
+    return max(size[0] / wh, size[1] / ww)
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=down)
+
+
+def _colour_model_alpha(guide, prior, scale, radius_factor=4.0, spread_weight=3.0,
+                        kappa=3e-3, lo=0.05, hi=0.95):
+    """Alpha from local foreground / background colour means, with a separability confidence.
+
+    Statistics (means and variances of confident-foreground and confident-background colours
+    within ``radius_factor * scale`` px) are gathered at the mask's working resolution, where
+    they live anyway, and upsampled; alpha is then the per-pixel projection of the full-size
+    colour onto the local F-B axis. The confidence ``|F-B|^2 / (|F-B|^2 + w (var_F + var_B) +
+    kappa)`` keeps the prior where the two colour populations overlap.
+    """
+    h, w = guide.shape[-2:]
+    small = (max(1, round(h / scale)), max(1, round(w / scale)))
+    g_s = _resize(guide, small)
+    p_s = _resize(prior, small)
+    wf = (p_s > hi).to(g_s.dtype)
+    wb = (p_s < lo).to(g_s.dtype)
+    g2 = (g_s * g_s).sum(1, keepdim=True)
+    r = max(1, round(radius_factor))
+    stats = box_filter(torch.cat([wf * g_s, wf * g2, wf, wb * g_s, wb * g2, wb], 1), r)
+    nf, nb = stats[:, 4:5] + 1e-6, stats[:, 9:10] + 1e-6
+    fm, bm = stats[:, 0:3] / nf, stats[:, 5:8] / nb
+    vf = (stats[:, 3:4] / nf - (fm * fm).sum(1, keepdim=True)).clamp(min=0)
+    vb = (stats[:, 8:9] / nb - (bm * bm).sum(1, keepdim=True)).clamp(min=0)
+    d = fm - bm
+    n2 = (d * d).sum(1, keepdim=True)
+    conf = n2 / (n2 + spread_weight * (vf + vb) + kappa)
+    conf = conf * ((nf > 1e-3) & (nb > 1e-3)).to(conf.dtype)
+    up = _resize(torch.cat([bm, d, n2, conf], 1), (h, w))
+    bm, d, n2, conf = up[:, 0:3], up[:, 3:6], up[:, 6:7], up[:, 7:8].clamp(0, 1)
+    alpha = (((guide - bm) * d).sum(1, keepdim=True) / (n2 + 1e-6)).clamp(0, 1)
+    return conf * alpha + (1 - conf) * prior
+
+
+def _matting_laplacian(guide, radius, eps):
+    """Matrix-free closed-form matting Laplacian: ``L p = p - GF(p)`` (He et al. 2010)."""
+    mean = lambda t: box_filter(t, radius)  # noqa: E731
+    mi = mean(guide)
+    r, g, b = guide[:, 0:1], guide[:, 1:2], guide[:, 2:3]
+    m = mean(torch.cat([r * r, r * g, r * b, g * g, g * b, b * b], 1))
+    mr, mg, mb = mi[:, 0:1], mi[:, 1:2], mi[:, 2:3]
+    i11, i12, i13, i22, i23, i33 = _inv3_sym(
+        m[:, 0:1] - mr * mr + eps, m[:, 1:2] - mr * mg, m[:, 2:3] - mr * mb,
+        m[:, 3:4] - mg * mg + eps, m[:, 4:5] - mg * mb, m[:, 5:6] - mb * mb + eps)
+
+    def apply(p):
+        mp = mean(p)
+        cov = mean(guide * p) - mi * mp
+        cr, cg, cb = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
+        a = torch.cat([i11 * cr + i12 * cg + i13 * cb, i12 * cr + i22 * cg + i23 * cb,
+                       i13 * cr + i23 * cg + i33 * cb], 1)
+        bb = mp - (a * mi).sum(1, keepdim=True)
+        ab = mean(torch.cat([a, bb], 1))
+        return p - ((ab[:, :3] * guide).sum(1, keepdim=True) + ab[:, 3:])
+
+    return apply
+
+
+def _conjugate_gradient(apply_a, rhs, x, iterations):
+    """Batched CG (one step size per frame) for a symmetric positive operator."""
+    dims = (1, 2, 3)
+    r = rhs - apply_a(x)
+    p = r.clone()
+    rs = (r * r).sum(dims, keepdim=True)
+    for _ in range(iterations):
+        ap = apply_a(p)
+        step = rs / ((p * ap).sum(dims, keepdim=True) + 1e-30)
+        x = x + step * p
+        r = r - step * ap
+        rs_new = (r * r).sum(dims, keepdim=True)
+        p = r + (rs_new / (rs + 1e-30)) * p
+        rs = rs_new
+    return x
+
+
+def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
+                 mode: str = "guided", iterations: int = 10) -> torch.Tensor:
+    """Recover edge detail that upsampling from the model's working size lost.
+
+    Acts only where it can help: if the image is not larger than ``working_size`` (scale
+    <= 1) the mask is returned unchanged; otherwise only the uncertain band (0.01 < mask < 0.99,
+    widened by the upsampling factor) changes. ``"guided"``: a local colour model (alpha from
+    local foreground/background colour means with a separability confidence) followed by a fast
+    guided filter, both with statistics at the working resolution and applied to the full-size
+    image. ``"matting"``: the colour model followed by ``iterations`` conjugate-gradient steps of
+    closed-form matting (matrix-free Laplacian through box filters) at full size, constrained
+    outside the band: better edges, several times slower.
+
+    Args:
+        mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, 1 = foreground, already at image size
+            (resize it first with :func:`match_mask_to_image`).
+        guide: the full-resolution image, ``[B,H,W,3|4]`` or ``[B,3,H,W]``, 0..1.
+        working_size: the model's input side (int) or ``(H, W)`` the mask was predicted at.
+        mode: one of :data:`EDGE_MODES`.
+
+    >>> m = torch.rand(1, 32, 32); g = torch.rand(1, 32, 32, 3)
+    >>> refine_edges(m, g, working_size=8).shape
+    torch.Size([1, 32, 32])
+    >>> torch.equal(refine_edges(m, g, working_size=1024), m)
+    True
+    """
+    if mode not in EDGE_MODES:
+        raise InputError(f"refine_edges: mode {mode!r} is not one of {EDGE_MODES}.")
+    m4, back = as_mask4d(mask)
+    g4 = _guide4d(guide).to(device=m4.device, dtype=m4.dtype)
+    h, w = m4.shape[-2:]
+    if tuple(g4.shape[-2:]) != (h, w):
+        raise InputError(f"refine_edges: guide is {tuple(g4.shape[-2:])} (H, W) but the mask is "
+                         f"{(h, w)}; resize the mask to the image first.")
+    if g4.shape[0] != m4.shape[0]:
+        if g4.shape[0] == 1:
+            g4 = g4.expand(m4.shape[0], -1, -1, -1)
+        else:
+            raise InputError(f"refine_edges: {g4.shape[0]} guide frames for {m4.shape[0]} masks.")
+    if g4.shape[1] == 1:
+        g4 = g4.expand(-1, 3, -1, -1)
+    scale = _scale_factor((h, w), working_size)
+    if mode == "none" or scale <= 1.0:
+        return mask
+    prior = m4.clamp(0, 1)
+    # The uncertain band, widened by about one working-size pixel; found at the working size.
+    small = (max(1, round(h / scale)), max(1, round(w / scale)))
+    p_small = _resize(prior, small)
+    uncertain = ((p_small > 0.01) & (p_small < 0.99)).to(prior.dtype)
+    band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
+    alpha = _colour_model_alpha(g4, prior, scale)
+    if mode == "guided":
+        radius = max(1, round(2 * scale))
+        alpha = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale).clamp(0, 1)
+    else:
+        known = 1.0 - band
+        weight = known + 0.01 * band
+        lap = _matting_laplacian(g4, max(1, round(scale)), 1e-5)
+        alpha = _conjugate_gradient(lambda p: lap(p) + weight * p, weight * alpha, alpha,
+                                    iterations).clamp(0, 1)
+    return back(band * alpha + (1 - band) * prior)
+
+
+# --------------------------------------------------------------------------------------------
+# Temporal smoothing over a frame batch
+# --------------------------------------------------------------------------------------------
+def scene_cuts(frames: torch.Tensor, cut_threshold: float) -> torch.Tensor:
+    """Bool ``[B]``: True where frame ``t`` starts a new shot (frame 0 always does).
+
+    A cut is a mean absolute difference to the previous frame above ``cut_threshold``.
+    ``frames`` is any ``[B, ...]`` tensor (masks or images).
+
+    >>> scene_cuts(torch.tensor([[0.], [0.], [1.], [1.]]), 0.5).tolist()
+    [True, False, True, False]
+    """
+    cuts = torch.zeros(frames.shape[0], dtype=torch.bool, device=frames.device)
+    cuts[0] = True
+    if frames.shape[0] > 1:
+        diff = (frames[1:] - frames[:-1]).abs().flatten(1).mean(1)
+        cuts[1:] = diff > cut_threshold
+    return cuts
+
+
+def temporal_smooth(mask: torch.Tensor, mode: str = "ema", strength: float = 0.5,
+                    window: int = 3, cut_threshold: float = 0.1,
+                    frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce flicker across a batch of video frames, restarting at scene cuts.
+
+    Args:
+        mask: ``[B,H,W]`` or ``[B,1,H,W]`` masks of consecutive frames, 1 = foreground.
+        mode: ``"ema"`` (exponential moving average, forward then backward so edges do not
+            lag; ``strength`` 0..1 is the weight of the history) or ``"median"`` (windowed
+            median over ``window`` frames, odd); ``"none"`` returns the mask.
+        cut_threshold: mean absolute difference between consecutive frames (of ``frames``
+            when given, e.g. the images, else of the masks) above which smoothing restarts.
+
+    >>> m = torch.zeros(5, 4, 4); m[2] = 1
+    >>> temporal_smooth(m, "median", window=3, cut_threshold=2.0).sum().item()
+    0.0
+    """
+    if mode not in TEMPORAL_MODES:
+        raise InputError(f"temporal_smooth: mode {mode!r} is not one of {TEMPORAL_MODES}.")
+    if not 0.0 <= strength < 1.0:
+        raise InputError(f"temporal_smooth: strength must be in [0, 1), got {strength}.")
+    m4, back = as_mask4d(mask)
+    if mode == "none" or m4.shape[0] < 2:
+        return mask
+    ref = m4 if frames is None else frames
+    if ref.shape[0] != m4.shape[0]:
+        raise InputError(f"temporal_smooth: {ref.shape[0]} frames for {m4.shape[0]} masks.")
+    cuts = scene_cuts(ref.to(m4.device, m4.dtype), cut_threshold).tolist()
+    starts = [i for i, c in enumerate(cuts) if c] + [m4.shape[0]]
+    out = torch.empty_like(m4)
+    for s, e in zip(starts[:-1], starts[1:]):  # one loop step per shot, not per frame
+        seg = m4[s:e]
+        if mode == "median":
+            if window < 1 or window % 2 == 0:
+                raise InputError(f"temporal_smooth: window must be a positive odd number, "
+                                 f"got {window}.")
+            k = window // 2
+            padded = torch.cat([seg[:1].expand(k, -1, -1, -1), seg,
+                                seg[-1:].expand(k, -1, -1, -1)], 0)
+            out[s:e] = padded.unfold(0, window, 1).median(dim=-1).values
+        else:
+            fwd = seg.clone()
+            for t in range(1, fwd.shape[0]):  # EMA is a recurrence: one step per frame
+                fwd[t] = strength * fwd[t - 1] + (1 - strength) * seg[t]
+            bwd = seg.clone()
+            for t in range(bwd.shape[0] - 2, -1, -1):
+                bwd[t] = strength * bwd[t + 1] + (1 - strength) * seg[t]
+            out[s:e] = 0.5 * (fwd + bwd)
+    return back(out)

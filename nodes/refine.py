@@ -1,0 +1,143 @@
+"""``BiRefNetRefineMask``: clean up a mask and recover its edges from the full-size image."""
+
+from __future__ import annotations
+
+from ..birefnet_core import refine as R
+from ..birefnet_core.errors import InputError
+
+MASK_CONVENTION = ("1 = foreground (like core RemoveBackground); ComfyUI's LoadImage masks use "
+                   "1 = transparent — invert those first.")
+
+
+class BiRefNetRefineMask:
+    DESCRIPTION = (
+        "Refines a foreground mask (" + MASK_CONVENTION + ") in this order: levels, edge "
+        "refinement from the full-size guide image (recovers the detail lost when the model "
+        "worked at a smaller size; does nothing when the image was not larger than the working "
+        "size), threshold, remove islands, fill holes, grow/shrink, feather, temporal smoothing "
+        "across the batch. Also outputs the edge band (dilate minus erode).")
+    CATEGORY = "BiRefNet"
+    FUNCTION = "refine"
+    RETURN_TYPES = ("MASK", "MASK")
+    RETURN_NAMES = ("mask", "edge_band")
+    OUTPUT_TOOLTIPS = (
+        "Refined mask [B,H,W], 0..1, at the guide image's size when a guide is given. " +
+        MASK_CONVENTION,
+        "The band around the refined mask's edges (1 inside the band), edge_band_width px wide.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "mask": ("MASK", {"tooltip": "Mask to refine, 1 = foreground. If a guide image "
+                                             "of another size is given, the mask is resized "
+                                             "(bilinear) to the image first."}),
+                "black_point": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Levels: mask values at or below this "
+                                                     "become 0."}),
+                "white_point": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Levels: mask values at or above this "
+                                                     "become 1."}),
+                "edge_refine": (list(R.EDGE_MODES), {
+                    "default": "guided",
+                    "tooltip": "Edge refinement from the guide image (needs a guide): 'guided' "
+                               "is fast (local colour model + fast guided filter); 'matting' "
+                               "adds closed-form matting steps in the edge band (better hair, "
+                               "several times slower); 'none' skips it."}),
+                "working_size": ("INT", {
+                    "default": 1024, "min": 0, "max": 8192, "step": 32,
+                    "tooltip": "The size the mask was predicted at (the model's working "
+                               "resolution, e.g. 1024 for BiRefNet, 2048 for HR models). Edge "
+                               "refinement acts only when the image is larger than this; 0 = "
+                               "assume the mask has full detail (no edge refinement)."}),
+                "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "If > 0, make the mask binary at this level "
+                                                   "(hard edges)."}),
+                "remove_islands_px": ("INT", {"default": 0, "min": 0, "max": 10_000_000,
+                                              "tooltip": "Remove foreground specks smaller than "
+                                                         "this many pixels (0 = off)."}),
+                "fill_holes_px": ("INT", {"default": 0, "min": -1, "max": 10_000_000,
+                                          "tooltip": "Fill enclosed background holes up to this "
+                                                     "many pixels; -1 fills every enclosed hole "
+                                                     "(also gaps between arm and body); 0 = off."}),
+                "grow_px": ("INT", {"default": 0, "min": -512, "max": 512,
+                                    "tooltip": "Grow (positive) or shrink (negative) the mask by "
+                                               "this many pixels (near-disk shape)."}),
+                "feather_px": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 512.0, "step": 0.5,
+                                         "tooltip": "Soften the edges over about this many "
+                                                    "pixels."}),
+                "temporal": (list(R.TEMPORAL_MODES), {
+                    "default": "none",
+                    "tooltip": "Video: smooth the mask across the batch ('ema' exponential "
+                               "moving average, forward and backward; 'median' windowed median). "
+                               "Restarts at scene cuts."}),
+                "temporal_strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 0.95,
+                                                "step": 0.05,
+                                                "tooltip": "EMA: weight of the previous frames "
+                                                           "(higher = smoother, more lag)."}),
+                "temporal_window": ("INT", {"default": 3, "min": 1, "max": 31, "step": 2,
+                                            "tooltip": "Median: number of frames (odd)."}),
+                "scene_cut_threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 1.0,
+                                                  "step": 0.01,
+                                                  "tooltip": "Mean absolute difference between "
+                                                             "consecutive frames (of the guide "
+                                                             "images, else the masks) that "
+                                                             "counts as a cut."}),
+                "edge_band_width": ("INT", {"default": 8, "min": 0, "max": 512,
+                                            "tooltip": "Width in pixels of the edge_band "
+                                                       "output."}),
+            },
+            "optional": {
+                "guide": ("IMAGE", {"tooltip": "The full-size image the mask belongs to; needed "
+                                               "for edge refinement and used for scene-cut "
+                                               "detection. The mask is resized to its size."}),
+            },
+        }
+
+    def refine(self, mask, black_point=0.0, white_point=1.0, edge_refine="guided",
+               working_size=1024, threshold=0.0, remove_islands_px=0, fill_holes_px=0,
+               grow_px=0, feather_px=0.0, temporal="none", temporal_strength=0.5,
+               temporal_window=3, scene_cut_threshold=0.1, edge_band_width=8, guide=None):
+        m4, _ = R.as_mask4d(mask)
+        m4 = m4.float()
+        frames = None
+        if guide is not None:
+            g = guide.float()
+            if g.ndim == 3:
+                g = g[None]
+            b = max(m4.shape[0], g.shape[0])
+            m4 = R.match_mask_to_image(m4, tuple(g.shape[1:3]), b)
+            if g.shape[0] != b:
+                if g.shape[0] != 1:
+                    raise InputError(f"guide has {g.shape[0]} frames but the mask has "
+                                     f"{m4.shape[0]}; pass one guide per mask or a single one.")
+                g = g.expand(b, -1, -1, -1)
+            frames = g
+        m = m4[:, 0]
+        if black_point > 0 or white_point < 1:
+            m = R.levels(m, black_point, white_point)
+        if guide is not None and edge_refine != "none" and working_size > 0:
+            m = R.refine_edges(m, frames, working_size, edge_refine)
+        if threshold > 0:
+            m = R.threshold(m, threshold)
+        if remove_islands_px > 0:
+            m = R.remove_islands(m, remove_islands_px)
+        if fill_holes_px != 0:
+            m = R.fill_holes(m, max_area=max(0, fill_holes_px))
+        if grow_px:
+            m = R.grow_shrink(m, grow_px)
+        if feather_px > 0:
+            m = R.feather(m, feather_px)
+        if temporal != "none":
+            m = R.temporal_smooth(m, temporal, temporal_strength, temporal_window,
+                                  scene_cut_threshold, frames=frames)
+        m = m.clamp(0, 1).contiguous()
+        band = R.edge_band(m, edge_band_width, level=0.5)
+        return (m, band)
+
+
+NODE_CLASS_MAPPINGS = {"BiRefNetRefineMask": BiRefNetRefineMask}
+NODE_DISPLAY_NAME_MAPPINGS = {"BiRefNetRefineMask": "BiRefNet Refine Mask"}
+
+__all__ = ["BiRefNetRefineMask", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

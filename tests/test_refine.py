@@ -1,0 +1,140 @@
+"""Mask ops of ``birefnet_core.refine`` / ``filters``: smoke, shape, errors, references, quality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birefnet_core import refine as R
+from birefnet_core.errors import InputError
+from birefnet_core.filters import box_filter, connected_components, dilate, guided_filter
+
+
+@pytest.mark.parametrize("shape", [(16, 20), (2, 16, 20), (2, 1, 16, 20)])
+def test_shapes_round_trip(shape):
+    m = torch.rand(shape)
+    for out in (R.grow_shrink(m, 2), R.grow_shrink(m, -2), R.feather(m, 3), R.levels(m, .2, .8),
+                R.threshold(m), R.fill_holes(m), R.remove_islands(m, 3), R.edge_band(m, 4)):
+        assert out.shape == m.shape and out.dtype == m.dtype
+
+
+def test_box_filter_matches_float64_reference():
+    x = torch.rand(2, 3, 23, 31, dtype=torch.float64)
+    ry, rx = 3, 5
+    pad = F.pad(x, (rx, rx, ry, ry))
+    ones = F.pad(torch.ones_like(x), (rx, rx, ry, ry))
+    ref = F.avg_pool2d(pad, (2 * ry + 1, 2 * rx + 1), 1) / \
+        F.avg_pool2d(ones, (2 * ry + 1, 2 * rx + 1), 1)
+    assert torch.allclose(box_filter(x, (ry, rx)), ref, atol=1e-12)
+    # float32 at a large radius stays close to the float64 answer
+    assert torch.allclose(box_filter(x.float(), 40).double(), box_filter(x, 40), atol=1e-5)
+
+
+def test_dilate_matches_brute_force_octagon():
+    x = (torch.rand(1, 1, 30, 30) > 0.97).float()
+    for r in (1, 3, 6):
+        got = dilate(x, r)
+        ys, xs = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+        # brute force over the same structuring element, read off the dilation of a point
+        pt = torch.zeros(1, 1, 2 * r + 1, 2 * r + 1); pt[..., r, r] = 1
+        se = dilate(pt, r)[0, 0] > 0
+        assert (xs[se] ** 2 + ys[se] ** 2).max() <= 2 * r * r  # inside the square, near disk
+        assert se[r, 0] and se[0, r]  # reaches r along the axes
+        k = 2 * r + 1
+        patches = F.pad(x, (r, r, r, r)).unfold(2, k, 1).unfold(3, k, 1).flatten(-2)
+        ref = patches[..., se.flatten()].amax(-1)
+        assert torch.equal(got, ref)
+
+
+def test_connected_components_and_islands():
+    m = torch.zeros(1, 10, 10)
+    m[0, 1:4, 1:4] = 1  # 9 px
+    m[0, 6, 6] = 1  # 1 px
+    m[0, 5:9, 8] = 1  # 4 px, touches nothing else (4-connectivity)
+    lab = connected_components(m > 0.5)
+    assert len(set(lab[lab >= 0].tolist())) == 3
+    out = R.remove_islands(m, 5)
+    assert out[0, 1:4, 1:4].eq(1).all() and out[0, 6, 6] == 0 and out[0, 5:9, 8].eq(0).all()
+
+
+def test_fill_holes_respects_max_area():
+    m = torch.ones(1, 12, 12)
+    m[0, 2, 2] = 0  # 1-px hole
+    m[0, 5:9, 5:9] = 0  # 16-px hole
+    m[0, 0, 6] = 0  # touches the border: not a hole
+    assert R.fill_holes(m, max_area=4)[0, 2, 2] == 1
+    assert R.fill_holes(m, max_area=4)[0, 6, 6] == 0
+    full = R.fill_holes(m)
+    assert full[0, 6, 6] == 1 and full[0, 0, 6] == 0
+
+
+def test_edge_band_width():
+    m = torch.zeros(1, 1, 20, 20); m[..., 5:15, 5:15] = 1
+    band = R.edge_band(m, 4)
+    assert band[0, 0, 10, 3:7].eq(1).all() and band[0, 0, 10, 10] == 0 and band[0, 0, 10, 0] == 0
+
+
+def test_temporal_smoothing_resets_at_cuts():
+    m = torch.zeros(6, 4, 4)
+    m[3:] = 1  # a cut between frames 2 and 3
+    m[1] = 0.2  # flicker inside the first shot
+    out = R.temporal_smooth(m, "ema", strength=0.5, cut_threshold=0.5)
+    assert out[3:].eq(1).all() and out[:3].max() < 0.2  # no bleed across the cut
+    med = R.temporal_smooth(m, "median", window=3, cut_threshold=0.5)
+    assert med[1].eq(0).all() and med[3:].eq(1).all()
+
+
+def test_refine_edges_identity_when_not_downscaled():
+    m = torch.rand(2, 24, 24)
+    g = torch.rand(2, 24, 24, 3)
+    assert torch.equal(R.refine_edges(m, g, working_size=24), m)
+    assert torch.equal(R.refine_edges(m, g, working_size=1024, mode="guided"), m)
+
+
+def test_guided_filter_keeps_constants():
+    g = torch.rand(1, 3, 20, 20)
+    p = torch.full((1, 1, 20, 20), 0.3)
+    assert torch.allclose(guided_filter(g, p, 3), p, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: R.grow_shrink(torch.rand(2, 3, 8, 8), 1), r"\[H,W\], \[B,H,W\] or \[B,1,H,W\]"),
+    (lambda: R.levels(torch.rand(4, 4), 0.8, 0.2), "white point"),
+    (lambda: R.refine_edges(torch.rand(1, 8, 8), torch.rand(1, 9, 9, 3), 4), "resize the mask"),
+    (lambda: R.refine_edges(torch.rand(1, 8, 8), torch.rand(1, 8, 8, 3), 4, "magic"), "mode"),
+    (lambda: R.temporal_smooth(torch.rand(3, 4, 4), "median", window=2), "odd"),
+    (lambda: R.match_mask_to_image(torch.rand(2, 1, 4, 4), (4, 4), 3), "one per frame"),
+])
+def test_errors_are_clear(bad, match):
+    with pytest.raises(InputError, match=match):
+        bad()
+
+
+def test_quality_small(matting_dir):
+    """Small-size version of benchmarks/bench_matting_quality.py (see RESULTS_refine.md)."""
+    from benchmarks.matting_protocol import alpha_metrics, band_of, degrade, load_cases
+
+    cases = load_cases(matting_dir, lemur_size=340)
+    a, f, _, bgs = cases["lemur"]
+    band = band_of(a)
+    # Large-image case (340 px image, mask from a 96 px working size): refinement helps on the
+    # saturated background and never hurts much on the photo background.
+    ad = degrade(a, 96)
+    ratios = {}
+    for name, bg in bgs.items():
+        img = a * f + (1 - a) * bg
+        out = R.refine_edges(ad, img, working_size=96, mode="guided")
+        ratios[name] = (alpha_metrics(out, a, band)["sad_band"] /
+                        alpha_metrics(ad, a, band)["sad_band"])
+    assert ratios["magenta"] <= 0.8, ratios
+    assert ratios["beach"] <= 1.05, ratios
+    # Not-downscaled case: never worse than bilinear by more than 5 %.
+    for name, (a, f, _, bgs) in cases.items():
+        ad = degrade(a, 512)
+        for bg in bgs.values():
+            img = a * f + (1 - a) * bg
+            out = R.refine_edges(ad, img, working_size=512)
+            band = band_of(a)
+            assert alpha_metrics(out, a, band)["sad_band"] <= \
+                1.05 * alpha_metrics(ad, a, band)["sad_band"]
