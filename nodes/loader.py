@@ -133,7 +133,8 @@ def load_birefnet(path: str, precision: str = AUTO, family: str = AUTO,
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     loaded = load_model(path, family=None if family == AUTO else family,
-                        patch_order=None if patch_order == AUTO else patch_order, device="cpu")
+                        patch_order=None if patch_order == AUTO else patch_order, device="cpu",
+                        optimize=True)
     patcher = host.make_patcher(loaded.model, on_detach=_clear_caches)
     summary = loaded.info.summary()
     if precision != AUTO:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from ..ops import deform_conv2d as fast_deform_conv2d
+
 NormLayer = Optional[Callable[[int], nn.Module]]
 
 
@@ -31,7 +33,14 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 class DeformableConv2d(nn.Module):
     """Modulated deformable convolution (DCNv2): offsets and a 0..2 modulator are predicted from
-    the input by two plain convolutions of the same kernel."""
+    the input by two plain convolutions of the same kernel.
+
+    ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference`, together with
+    ``offset_modulator_conv``, the two predictors fused into one convolution) switches to
+    :func:`birefnet_core.ops.deform_conv2d`, the same function computed faster.
+    """
+
+    fast: bool = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
         super().__init__()
@@ -41,11 +50,20 @@ class DeformableConv2d(nn.Module):
         self.modulator_conv = nn.Conv2d(in_channels, k2, kernel_size, 1, padding, bias=True)
         self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``out``: optional destination (a channel slice of the caller's buffer), fast mode only."""
+        if self.fast:
+            predicted = self.offset_modulator_conv(x)
+            k2 = predicted.shape[1] // 3
+            modulator = torch.sigmoid(predicted[:, 2 * k2:]).mul_(2.0)
+            return fast_deform_conv2d(x, predicted[:, :2 * k2], self.regular_conv.weight,
+                                      self.regular_conv.bias, padding=self.padding,
+                                      mask=modulator, out=out)
         offset = self.offset_conv(x)
         modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
-        return deform_conv2d(x, offset, self.regular_conv.weight, self.regular_conv.bias,
-                             padding=self.padding, mask=modulator)
+        y = deform_conv2d(x, offset, self.regular_conv.weight, self.regular_conv.bias,
+                          padding=self.padding, mask=modulator)
+        return y if out is None else out.copy_(y)
 
 
 class _ASPPBranch(nn.Module):
@@ -62,7 +80,16 @@ class _ASPPBranch(nn.Module):
 class ASPPDeformable(nn.Module):
     """ASPP with deformable branches: a 1x1 branch, one branch per kernel in ``kernel_sizes``
     (``(1, 3, 7)`` for the current decoder, ``(3,)`` for the legacy one) and a global-pool
-    branch, fused by a 1x1 convolution."""
+    branch, fused by a 1x1 convolution.
+
+    ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference` once the norms are
+    folded away and ``conv1`` is split into ``conv1`` over the spatial branches and
+    ``conv1_pool`` over the pooled one): the branches write straight into one buffer, and the
+    spatially constant pooled branch enters ``conv1`` as a per-image bias, so neither its
+    broadcast nor the concatenation is materialised.
+    """
+
+    fast: bool = False
 
     def __init__(self, in_channels: int, kernel_sizes: Sequence[int] = (1, 3, 7),
                  norm_layer: NormLayer = None, planes: int = 256):
@@ -82,11 +109,30 @@ class ASPPDeformable(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self._forward_fast(x)
         branches = [self.aspp1(x)]
         branches += [branch(x) for branch in self.aspp_deforms]
         # Bilinear upsampling of a 1x1 map is a constant: broadcast instead of interpolating.
         branches.append(self.global_avg_pool(x).expand(-1, -1, *x.shape[-2:]))
         return self.relu(self.bn1(self.conv1(torch.cat(branches, dim=1))))
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = [self.aspp1, *self.aspp_deforms]
+        planes = self.conv1.in_channels // len(spatial)
+        b, _, h, w = x.shape
+        # Channels-last: each branch's GEMM writes its slice as a strided matrix, and the 1x1
+        # fusing conv reads it ~3x faster than NCHW on the CPU.
+        buf = torch.empty(b, planes * len(spatial), h, w, dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        for i, branch in enumerate(spatial):
+            branch.atrous_conv(x, out=buf[:, i * planes:(i + 1) * planes])
+        buf.relu_()  # the branches' (folded) norms are identities
+        pooled = self.global_avg_pool(x).flatten(1)  # [B, planes]
+        bias = F.linear(pooled, self.conv1_pool.weight, self.conv1_pool.bias)  # [B, C]
+        if b == 1:
+            return self.relu(F.conv2d(buf, self.conv1.weight, bias[0]))
+        return self.relu(self.conv1(buf).add_(bias[:, :, None, None]))
 
 
 class BasicDecBlk(nn.Module):

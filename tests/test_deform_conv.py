@@ -1,0 +1,125 @@
+"""The fast modulated deformable convolution computes torchvision's function (issue 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+from birefnet_core.errors import InputError
+from birefnet_core.ops import deform_conv2d
+
+ATOL = RTOL = 1e-5  # fp32, outputs of order 1
+
+
+def _case(b, c, o, h, w, k, *, offset_scale=2.0, seed=0, dtype=torch.float32):
+    """Weights scaled like a trained conv (outputs of order 1); offsets large enough that many
+    samples fall partly or wholly outside the image."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g, dtype=dtype)
+    weight = torch.randn(o, c, k, k, generator=g, dtype=dtype) / (c * k * k) ** 0.5
+    bias = torch.randn(o, generator=g, dtype=dtype)
+    offset = torch.randn(b, 2 * k * k, h, w, generator=g, dtype=dtype) * offset_scale
+    mask = 2 * torch.rand(b, k * k, h, w, generator=g, dtype=dtype)
+    return x, offset, weight, bias, mask
+
+
+@pytest.mark.parametrize("k", (1, 3, 7))
+@pytest.mark.parametrize("shape", ((1, 8, 6, 16, 16), (2, 5, 7, 9, 13), (3, 4, 3, 12, 5)))
+def test_matches_torchvision(k, shape):
+    x, offset, weight, bias, mask = _case(*shape, k)
+    ref = tv_deform_conv2d(x.double(), offset.double(), weight.double(), bias.double(),
+                           padding=k // 2, mask=mask.double())
+    tv32 = tv_deform_conv2d(x, offset, weight, bias, padding=k // 2, mask=mask)
+    out = deform_conv2d(x, offset, weight, bias, padding=k // 2, mask=mask)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(out, tv32, rtol=RTOL, atol=ATOL)
+
+
+def test_far_out_of_bounds_samples_are_zero():
+    """Offsets that push every sample beyond the image leave only the bias."""
+    x, offset, weight, bias, mask = _case(1, 3, 4, 6, 7, 3)
+    offset = torch.full_like(offset, 50.0)
+    out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(out, bias.view(1, -1, 1, 1).expand_as(out), rtol=0, atol=0)
+    ref = tv_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_integer_offsets_on_the_border():
+    """Samples exactly on pixel centres and exactly one pixel outside (y = -1, y = H)."""
+    x, offset, weight, bias, mask = _case(2, 4, 5, 8, 6, 3)
+    offset = torch.randint(-3, 4, offset.shape).float()
+    ref = tv_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("hw", ((1, 5), (4, 1), (1, 1)))
+def test_one_pixel_sides(hw):
+    x, offset, weight, bias, mask = _case(1, 3, 4, *hw, 3, offset_scale=0.7)
+    ref = tv_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_without_mask_and_bias():
+    x, offset, weight, _, _ = _case(2, 4, 5, 10, 11, 3)
+    ref = tv_deform_conv2d(x, offset, weight, padding=1)
+    out = deform_conv2d(x, offset, weight, padding=1)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_zero_offsets_unit_mask_is_a_convolution():
+    x, offset, weight, bias, mask = _case(1, 6, 5, 12, 9, 7)
+    out = deform_conv2d(x, torch.zeros_like(offset), weight, bias, padding=3,
+                        mask=torch.ones_like(mask))
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, bias, padding=3),
+                               rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("tile_rows", (1, 2, 5, 13, 100))
+def test_tiling_does_not_change_the_result(tile_rows):
+    x, offset, weight, bias, mask = _case(2, 5, 6, 13, 10, 3)
+    full = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, tile_rows=1000)
+    tiled = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, tile_rows=tile_rows)
+    torch.testing.assert_close(tiled, full, rtol=RTOL, atol=ATOL)
+
+
+def test_writes_into_a_channel_slice_of_a_buffer():
+    """``out`` may be a channel slice of a larger NCHW or channels-last buffer."""
+    x, offset, weight, bias, mask = _case(2, 4, 6, 9, 8, 3)
+    ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        buf = torch.zeros(2, 18, 9, 8).contiguous(memory_format=fmt)
+        result = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask,
+                               out=buf[:, 6:12], tile_rows=4)
+        assert result.data_ptr() == buf[:, 6:12].data_ptr()
+        torch.testing.assert_close(buf[:, 6:12], ref, rtol=RTOL, atol=ATOL)
+        assert buf[:, :6].abs().max() == 0 and buf[:, 12:].abs().max() == 0
+
+
+def test_channels_last_input():
+    x, offset, weight, bias, mask = _case(1, 8, 6, 10, 12, 3)
+    ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    out = deform_conv2d(x.contiguous(memory_format=torch.channels_last), offset, weight, bias,
+                        padding=1, mask=mask)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_rejects_unsupported_configurations():
+    x, offset, weight, bias, mask = _case(1, 4, 5, 8, 8, 3)
+    with pytest.raises(InputError, match="stride"):
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, stride=2)
+    with pytest.raises(InputError, match="dilation"):
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, dilation=2)
+    with pytest.raises(InputError, match="groups"):
+        deform_conv2d(x, offset, weight[:, :2], bias, padding=1, mask=mask)
+    with pytest.raises(InputError, match="offset"):  # two offset groups
+        deform_conv2d(x, offset.repeat(1, 2, 1, 1), weight, bias, padding=1, mask=mask)
+    with pytest.raises(InputError, match="mask"):
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask[:, :4])
+    with pytest.raises(InputError, match="tile_rows"):
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, tile_rows=0)

@@ -1,0 +1,142 @@
+"""All inference optimisations on: still the official function (issue 6)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from birefnet_core.model import BiRefNet
+from birefnet_core.model.blocks import ASPPDeformable, DeformableConv2d
+from birefnet_core.optimize import fuse_conv_bn, optimize_for_inference
+from birefnet_core.variants import Architecture
+from birefnet_core.weights import load_model
+
+TOLERANCE = 1e-4  # max |Δ sigmoid| in float32 on the CPU, as in test_model_fidelity.py
+SIZES = ("256x256", "256x384")
+ORDERS = ("split", "einops")
+
+
+@pytest.fixture(scope="module")
+def lite_fast(fixtures_dir):
+    model = load_model(fixtures_dir / "lite_fp16.safetensors", family="lite").model
+    return optimize_for_inference(model)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("size", SIZES)
+def test_optimised_lite_matches_official(lite_fast, fixtures_dir, order, size):
+    x = load_file(str(fixtures_dir / f"input_{size}.safetensors"))["input"]
+    ref = load_file(str(fixtures_dir / order / f"output_{size}.safetensors"))["prob"]
+    lite_fast.patch_order = order
+    logits = lite_fast(x)
+    assert logits.shape == ref.shape and logits.dtype == torch.float32
+    err = (logits.sigmoid() - ref).abs().max().item()
+    assert err <= TOLERANCE, f"{order} {size}: max |Δ sigmoid| = {err:.2e}"
+
+
+def test_everything_is_rewritten(lite_fast):
+    assert set(lite_fast.optimizations) == {"fold_batchnorm", "fast_deform", "channels_last"}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in lite_fast.modules())
+    dcns = [m for m in lite_fast.modules() if isinstance(m, DeformableConv2d)]
+    assert dcns and all(m.fast for m in dcns)
+    asppss = [m for m in lite_fast.modules() if isinstance(m, ASPPDeformable)]
+    assert asppss and all(m.fast for m in asppss)
+
+
+def test_idempotent(lite_fast, fixtures_dir):
+    x = load_file(str(fixtures_dir / "input_256x256.safetensors"))["input"]
+    before = lite_fast(x)
+    state = {k: v.clone() for k, v in lite_fast.state_dict().items()}
+    assert optimize_for_inference(lite_fast) is lite_fast
+    after = lite_fast.state_dict()
+    assert state.keys() == after.keys()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    torch.testing.assert_close(lite_fast(x), before, rtol=0, atol=0)
+
+
+def test_options_apply_separately(fixtures_dir):
+    model = load_model(fixtures_dir / "lite_fp16.safetensors", family="lite").model
+    optimize_for_inference(model, fold_batchnorm=True, fast_deform=False, channels_last=False)
+    assert model.optimizations == ("fold_batchnorm",)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(getattr(m, "fast", False) for m in model.modules())
+    optimize_for_inference(model, fold_batchnorm=False, fast_deform=True, channels_last=False)
+    assert model.optimizations == ("fold_batchnorm", "fast_deform")
+
+
+def test_fast_deform_without_folding_keeps_the_norms(fixtures_dir):
+    """Unfolded norms keep the ASPP on its concatenating path (its buffer path assumes none)."""
+    model = load_model(fixtures_dir / "lite_fp16.safetensors", family="lite").model
+    ref = copy.deepcopy(model)
+    optimize_for_inference(model, fold_batchnorm=False, channels_last=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(m.fast for m in model.modules() if isinstance(m, ASPPDeformable))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    err = (model(x).sigmoid() - ref(x).sigmoid()).abs().max().item()
+    assert err <= TOLERANCE
+
+
+def _random_model(arch: Architecture) -> BiRefNet:
+    torch.manual_seed(0)
+    model = BiRefNet(arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+            elif isinstance(m, DeformableConv2d):  # official init zeroes them: exercise them
+                m.offset_conv.weight.normal_(0, 0.05)
+                m.offset_conv.bias.normal_(0, 1.0)
+                m.modulator_conv.weight.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("arch", (
+    Architecture("pvt_v2_b0"),
+    Architecture("swin_v1_t", batch_norm=False),
+    Architecture("swin_v1_t", decoder="legacy"),
+    Architecture("pvt_v2_b0", decoder="legacy", batch_norm=False),
+), ids=lambda a: a.name)
+def test_random_architectures_same_output(arch):
+    exact = _random_model(arch)
+    fast = optimize_for_inference(copy.deepcopy(exact))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    err = (fast(x).sigmoid() - exact(x).sigmoid()).abs().max().item()
+    assert err <= TOLERANCE, f"{arch.name}: max |Δ sigmoid| = {err:.2e}"
+
+
+def test_fuse_conv_bn_float64_reference():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=False).double(), nn.BatchNorm2d(6).double()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.1, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    ref = bn(conv(x))
+    fuse_conv_bn(conv, bn)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_load_model_optimize_flag(fixtures_dir):
+    from safetensors.torch import load_file
+
+    from birefnet_core.weights import load_model
+
+    x = load_file(str(fixtures_dir / "input_256x256.safetensors"))["input"]
+    ref = load_file(str(fixtures_dir / "split" / "output_256x256.safetensors"))["prob"]
+    exact = load_model(fixtures_dir / "lite_fp16.safetensors")
+    fast = load_model(fixtures_dir / "lite_fp16.safetensors", optimize=True)
+    assert not getattr(exact.model, "optimizations", ())
+    assert fast.model.optimizations
+    assert fast.info.n_params == exact.info.n_params
+    assert (fast.model(x).sigmoid() - ref).abs().max() <= 1e-4
