@@ -336,9 +336,9 @@ def _cuda_bf16_supported(device: torch.device) -> bool:
 def resolve_precision(precision: Union[Precision, str], device: DeviceLike) -> PrecisionPlan:
     """Decide the compute precision for ``device``.
 
-    CPU: always fp32 (torchvision's deformable convolution has no fp16/bf16 CPU kernel; an
-    explicit fp16/bf16 request falls back with a note). CUDA: ``auto`` -> bf16 on Ampere or
-    newer, else fp16. MPS: fp32 or fp16 (``auto`` = fp32).
+    CPU: ``auto`` = fp32; an explicit bf16 runs under CPU autocast (the deformable convolution
+    stays in fp32); fp16 falls back to fp32 with a note (slow or missing CPU kernels). CUDA:
+    ``auto`` -> bf16 on Ampere or newer, else fp16. MPS: fp32 or fp16 (``auto`` = fp32).
     """
     try:
         precision = Precision(str(getattr(precision, "value", precision)).lower())
@@ -360,11 +360,12 @@ def resolve_precision(precision: Union[Precision, str], device: DeviceLike) -> P
             raise InputError("bf16 is not available on MPS; choose fp16, fp32 or auto")
         dtype = torch.float16 if precision is Precision.FP16 else torch.float32
         return PrecisionPlan(dtype, kind)
-    if precision in (Precision.FP16, Precision.BF16):
+    if precision is Precision.BF16:
+        return PrecisionPlan(torch.bfloat16, kind)
+    if precision is Precision.FP16:
         return PrecisionPlan(torch.float32, kind,
-                             f"{precision.value} is not available on {kind} (torchvision's "
-                             "deformable convolution has no reduced-precision kernel there); "
-                             "running in fp32")
+                             f"fp16 is not available on {kind} (no fast half-precision "
+                             "kernels there); running in fp32 (bf16 is supported)")
     return PrecisionPlan(torch.float32, kind)
 
 

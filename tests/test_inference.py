@@ -236,9 +236,10 @@ def test_precision_policy_cpu():
     assert [p.value for p in Precision] == ["auto", "fp32", "fp16", "bf16"]
     plan = resolve_precision("auto", "cpu")
     assert plan.dtype == torch.float32 and not plan.reduced and plan.note == ""
-    for asked in ("fp16", Precision.BF16):
-        plan = resolve_precision(asked, "cpu")
-        assert plan.dtype == torch.float32 and "fp32" in plan.note
+    plan = resolve_precision("fp16", "cpu")
+    assert plan.dtype == torch.float32 and "fp32" in plan.note
+    plan = resolve_precision(Precision.BF16, "cpu")
+    assert plan.dtype == torch.bfloat16 and plan.reduced and plan.note == ""
     with pytest.raises(InputError, match="precision"):
         resolve_precision("fp8", "cpu")
 
@@ -428,13 +429,30 @@ def test_non_finite_reduced_precision_falls_back_to_fp32(monkeypatch):
     assert torch.equal(masks[::2], bf16[::2])  # the finite frames are kept from bf16
 
 
-def test_explicit_reduced_precision_on_cpu_runs_fp32_and_says_so():
+def test_explicit_fp16_on_cpu_runs_fp32_and_says_so():
     notes = []
     net = StubNet()
     images = frames(2, 32, 32)
-    masks = predict_masks(net, images, resolution=(32, 32), precision="bf16", on_note=notes.append)
+    masks = predict_masks(net, images, resolution=(32, 32), precision="fp16", on_note=notes.append)
     assert torch.equal(masks, predict_masks(StubNet(), images, resolution=(32, 32)))
     assert len(notes) == 1 and "fp32" in notes[0]
+
+
+@pytest.mark.parametrize("optimized", [False, True], ids=["exact", "fast"])
+def test_real_model_in_cpu_bf16_stays_close_to_fp32(tiny_model, optimized):
+    """Autocast reaches the deformable convolutions (which must run in fp32 there): the whole
+    network runs in bf16 on the CPU, exact and fast modes alike, within 1e-2 of fp32."""
+    import copy
+
+    from birefnet_core.optimize import optimize_for_inference
+
+    model = copy.deepcopy(tiny_model)
+    if optimized:
+        optimize_for_inference(model)
+    images = frames(2, 64, 64)
+    fp32 = predict_masks(model, images, resolution=(64, 64))
+    bf16 = predict_masks(model, images, resolution=(64, 64), precision="bf16")
+    assert 0 < (bf16 - fp32).abs().max() <= 1e-2
 
 
 def test_rounded_resolution_is_reported():

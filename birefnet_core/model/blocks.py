@@ -51,18 +51,30 @@ class DeformableConv2d(nn.Module):
         self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False)
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``out``: optional destination (a channel slice of the caller's buffer), fast mode only."""
+        """``out``: optional destination (e.g. a channel slice of the caller's buffer)."""
         if self.fast:
             predicted = self.offset_modulator_conv(x)
             k2 = predicted.shape[1] // 3
-            modulator = torch.sigmoid(predicted[:, 2 * k2:]).mul_(2.0)
-            return fast_deform_conv2d(x, predicted[:, :2 * k2], self.regular_conv.weight,
-                                      self.regular_conv.bias, padding=self.padding,
-                                      mask=modulator, out=out)
-        offset = self.offset_conv(x)
-        modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
-        y = deform_conv2d(x, offset, self.regular_conv.weight, self.regular_conv.bias,
-                          padding=self.padding, mask=modulator)
+            offset, modulator = predicted[:, :2 * k2], torch.sigmoid(predicted[:, 2 * k2:]) * 2.0
+            op = fast_deform_conv2d
+        else:
+            offset = self.offset_conv(x)
+            modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
+            op = deform_conv2d
+        weight, bias = self.regular_conv.weight, self.regular_conv.bias
+        reduced = torch.float32 not in (x.dtype, offset.dtype) or x.dtype != offset.dtype
+        if reduced and (self.fast or x.device.type != "cuda"):
+            # Sampling positions need fp32 (bf16 cannot address pixels past ~256), and
+            # torchvision has reduced-precision kernels only on CUDA (where its autocast rule
+            # upcasts): run the op in fp32 and hand back the caller's dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                y = op(x.float(), offset.float(), weight.float(),
+                       None if bias is None else bias.float(), padding=self.padding,
+                       mask=modulator.float())
+            return y.to(x.dtype) if out is None else out.copy_(y)
+        if self.fast:
+            return op(x, offset, weight, bias, padding=self.padding, mask=modulator, out=out)
+        y = op(x, offset, weight, bias, padding=self.padding, mask=modulator)
         return y if out is None else out.copy_(y)
 
 
