@@ -161,3 +161,15 @@ def test_sources_use_relative_imports_and_leave_sys_path_alone(path):
     if path.name != "host.py":
         assert not [n for n in absolute if n.split(".")[0] in ("comfy", "folder_paths")], (
             f"{path}: only nodes/host.py may touch the host")
+
+
+def test_root_init_imported_as_a_lone_module_registers_nothing():
+    """pytest imports the checkout's root ``__init__.py`` as a plain module when the folder name
+    is not a valid package name (``birefnet-nodes``); that must not fail."""
+    import importlib.util
+
+    root_init = Path(__file__).resolve().parents[1] / "__init__.py"
+    spec = importlib.util.spec_from_file_location("__init__", root_init)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS == {} and module.WEB_DIRECTORY == "./web"
