@@ -108,9 +108,10 @@ class BiRefNetSegment:
         size = resolve_working_size(family, (height, width), override=resolution,
                                     max_megapixels=max_megapixels)
         chunk = min(batch_size or 1, batch)
-        weights = patcher.model_size()
-        extra = estimate_memory(patcher.model, size.wh, plan.dtype, chunk) - weights
-        host.load_on_device(patcher, memory_required=max(0, extra) + _io_bytes(images, chunk))
+        # ComfyUI adds the weights itself; ask only for the activations and one chunk's I/O.
+        activations = estimate_memory(patcher.model, size.wh, plan.dtype, chunk,
+                                      include_weights=False)
+        host.load_on_device(patcher, memory_required=activations + _io_bytes(images, chunk))
 
         update = host.progress(batch)
         try:
