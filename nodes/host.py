@@ -188,12 +188,6 @@ def load_on_device(patcher, memory_required: int) -> None:
     _mm().load_models_gpu([patcher], memory_required=int(memory_required), force_full_load=True)
 
 
-def oom_exception_types() -> tuple[type[BaseException], ...]:
-    mm = _mm()
-    oom = getattr(mm, "OOM_EXCEPTION", None)
-    return (oom,) if isinstance(oom, type) else ()
-
-
 # -- progress and interrupt ------------------------------------------------------------------
 
 def progress(total: int):
