@@ -20,6 +20,10 @@ __all__ = [
     "dilate",
     "erode",
     "connected_components",
+    "Tiles",
+    "band_tiles",
+    "gather_tiles",
+    "scatter_tiles",
 ]
 
 
@@ -327,3 +331,79 @@ def component_areas(labels: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(flat)
     out[valid] = counts[flat[valid]]
     return out.view_as(labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Work on a thin band only: gather the tiles that touch it (with a halo), scatter results back
+# --------------------------------------------------------------------------------------------
+class Tiles:
+    """Selected ``tile x tile`` cells of a ``[B, C, H, W]`` grid, each read with a ``halo``.
+
+    ``frame``, ``y``, ``x`` are int64 ``[N]``: the frame and the top-left corner (in the
+    unpadded image) of every selected cell. Built by :func:`band_tiles`.
+    """
+
+    def __init__(self, frame, y, x, tile, halo, size):
+        self.frame, self.y, self.x = frame, y, x
+        self.tile, self.halo, self.size = tile, halo, tuple(size)
+
+    def __len__(self):
+        return int(self.frame.numel())
+
+    def _index(self, inner: bool):
+        k = self.tile if inner else self.tile + 2 * self.halo
+        off = self.halo if inner else 0
+        ar = torch.arange(k, device=self.y.device)
+        rows = self.y[:, None] + off + ar  # in padded coordinates
+        cols = self.x[:, None] + off + ar
+        return self.frame[:, None, None], rows[:, :, None], cols[:, None, :]
+
+
+def band_tiles(band: torch.Tensor, tile: int = 64, halo: int = 0) -> Tiles:
+    """The ``tile``-px cells of a bool ``[B, 1, H, W]`` mask that contain any True pixel.
+
+    >>> m = torch.zeros(1, 1, 100, 100, dtype=torch.bool); m[..., 5, 70] = True
+    >>> t = band_tiles(m, 32, 4); len(t), t.y.tolist(), t.x.tolist()
+    (1, [0], [64])
+    """
+    b, _, h, w = band.shape
+    ny, nx = -(-h // tile), -(-w // tile)
+    pad = band.new_zeros(b, 1, ny * tile, nx * tile)
+    pad[..., :h, :w] = band
+    cells = pad.view(b, ny, tile, nx, tile).any(4).any(2)
+    f, iy, ix = cells.nonzero(as_tuple=True)
+    return Tiles(f, iy * tile, ix * tile, tile, halo, (h, w))
+
+
+def gather_tiles(x, tiles: Tiles) -> torch.Tensor:
+    """``[N, C, tile + 2 halo, tile + 2 halo]`` crops of ``x`` (borders replicated).
+
+    ``x`` is a ``[B, C, H, W]`` tensor or a sequence of them (concatenated along C per crop,
+    which avoids concatenating the full-size tensors).
+    """
+    if isinstance(x, (list, tuple)):
+        return torch.cat([gather_tiles(t, tiles) for t in x], 1)
+    k = tiles.tile + 2 * tiles.halo
+    hl = tiles.halo
+    h, w = tiles.size
+    out = x.new_empty(len(tiles), x.shape[1], k, k)
+    # One slice per cell: far cheaper than advanced indexing or padding the whole image.
+    for i, (f, y, c) in enumerate(zip(tiles.frame.tolist(), tiles.y.tolist(), tiles.x.tolist())):
+        y0, y1, x0, x1 = y - hl, y - hl + k, c - hl, c - hl + k
+        crop = x[f:f + 1, :, max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+        pads = (max(0, -x0), max(0, x1 - w), max(0, -y0), max(0, y1 - h))
+        if any(pads):
+            crop = F.pad(crop, pads, mode="replicate")
+        out[i] = crop[0]
+    return out
+
+
+def scatter_tiles(x: torch.Tensor, tiles: Tiles, values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` with the cells' inner ``tile x tile`` parts taken from ``values``."""
+    out = x.clone()
+    t, hl = tiles.tile, tiles.halo
+    h, w = tiles.size
+    for i, (f, y, c) in enumerate(zip(tiles.frame.tolist(), tiles.y.tolist(), tiles.x.tolist())):
+        th, tw = min(t, h - y), min(t, w - c)
+        out[f, :, y:y + th, c:c + tw] = values[i, :, hl:hl + th, hl:hl + tw]
+    return out
