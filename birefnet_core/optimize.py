@@ -15,6 +15,13 @@ fixtures, see ``tests/test_optimize.py``).
 - ``channels_last``: the squeeze module's and the decoder's convolutions keep their weights in
   channels-last layout, which oneDNN runs markedly faster on the CPU (and tensor cores prefer);
   activations follow the weights' layout.
+- ``fast_head``: the decoder's full-size head runs without its full-size concatenation and
+  upsampling of ``c1 // 2`` channels: ``conv_out1`` is split into a 1x1 conv on ``p1`` applied
+  before the (affine-commuting) bilinear upsampling and a single-channel convolution of the
+  image that composes ``ipt_blk1``'s two convolutions with it (see :class:`Decoder`).
+- ``fast_backbone``: the Swin stages use one cached gather for pad + shift + window partition,
+  order the shift-masked windows last and run 4-D fused ``scaled_dot_product_attention``
+  (see :mod:`birefnet_core.model.swin`). PVT backbones are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 from torch import nn
 
 from .model.blocks import ASPPDeformable, DeformableConv2d
+from .model.decoder import Decoder
+from .model.swin import SwinStage
 
 __all__ = ["optimize_for_inference", "fold_batchnorms", "fuse_conv_bn"]
 
@@ -124,6 +133,52 @@ def _split_aspp_pool(aspp: ASPPDeformable) -> None:
     aspp.fast = True
 
 
+@torch.no_grad()
+def _split_decoder_head(decoder: Decoder) -> None:
+    """``conv_out1`` over ``cat(up(p1), ipt_blk1(image))`` as ``up(head_p1(p1))`` plus
+    ``head_image(ipt_blk1.conv1(image))``, where ``head_image`` merges ``ipt_blk1.conv_out``
+    with the image part of ``conv_out1`` (both linear, merged in float64)."""
+    if hasattr(decoder, "head_p1"):
+        return
+    out1, ipt_out = decoder.conv_out1[0], decoder.ipt_blk1.conv_out
+    split = out1.in_channels - ipt_out.out_channels
+    weight = out1.weight.double().flatten(1)  # [1, C]
+    head_p1 = nn.Conv2d(split, 1, 1, device=weight.device, dtype=out1.weight.dtype)
+    head_p1.weight.copy_(weight[:, :split, None, None])
+    head_p1.bias.copy_(out1.bias)
+    image_w = weight[:, split:]  # [1, e]
+    head_image = nn.Conv2d(ipt_out.in_channels, 1, ipt_out.kernel_size, ipt_out.stride,
+                           ipt_out.padding, device=weight.device, dtype=ipt_out.weight.dtype)
+    head_image.weight.copy_(torch.einsum("oe,eikl->oikl", image_w, ipt_out.weight.double()))
+    head_image.bias.copy_(image_w @ ipt_out.bias.double())
+    decoder.head_p1, decoder.head_image = head_p1, head_image
+    decoder.head_image5 = _compose_convs(decoder.ipt_blk1.conv1, head_image)
+    decoder.requires_grad_(False)
+    decoder.fast = True
+
+
+@torch.no_grad()
+def _compose_convs(inner: nn.Conv2d, outer: nn.Conv2d) -> nn.Conv2d:
+    """One convolution equal to ``outer(inner(x))`` (stride 1, "same" padding) away from the
+    edge of width ``outer.padding``, where ``outer`` reads zeros instead of ``inner``'s values."""
+    w1, w2 = inner.weight.double(), outer.weight.double()  # [m, c, a, b], [o, m, i, j]
+    (a, b), (i, j) = w1.shape[-2:], w2.shape[-2:]
+    weight = w1.new_zeros(w2.shape[0], w1.shape[1], a + i - 1, b + j - 1)
+    for di in range(i):
+        for dj in range(j):
+            weight[:, :, di:di + a, dj:dj + b] += torch.einsum("om,mcab->ocab", w2[:, :, di, dj], w1)
+    bias = w2.sum((2, 3)) @ inner.bias.double() if inner.bias is not None else 0.0
+    if outer.bias is not None:
+        bias = bias + outer.bias.double()
+    conv = nn.Conv2d(w1.shape[1], w2.shape[0], weight.shape[-2:],
+                     padding=(inner.padding[0] + outer.padding[0],
+                              inner.padding[1] + outer.padding[1]),
+                     device=inner.weight.device, dtype=inner.weight.dtype)
+    conv.weight.copy_(weight)
+    conv.bias.copy_(torch.as_tensor(bias).expand(w2.shape[0]))
+    return conv.requires_grad_(False)
+
+
 def _norms_folded(aspp: ASPPDeformable) -> bool:
     norms = [aspp.bn1, aspp.global_avg_pool[2], aspp.aspp1.bn,
              *(branch.bn for branch in aspp.aspp_deforms)]
@@ -140,7 +195,8 @@ def _to_channels_last(module: nn.Module) -> int:
 
 
 def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
-                           fast_deform: bool = True, channels_last: bool = True) -> nn.Module:
+                           fast_deform: bool = True, channels_last: bool = True,
+                           fast_backbone: bool = True, fast_head: bool = True) -> nn.Module:
     """Rewrite an eval-mode BiRefNet in place for faster inference; returns the same model.
 
     Idempotent: a second call only applies what the first did not. What was done is recorded in
@@ -160,10 +216,20 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
             if isinstance(m, ASPPDeformable) and _norms_folded(m):
                 _split_aspp_pool(m)
         done["fast_deform"] = None
-    if channels_last and "channels_last" not in done:
+    if fast_head:
+        for m in model.modules():
+            if isinstance(m, Decoder):
+                _split_decoder_head(m)
+        done["fast_head"] = None
+    if channels_last:
         for name in ("squeeze_module", "decoder"):
             if hasattr(model, name):
                 _to_channels_last(getattr(model, name))
         done["channels_last"] = None
+    if fast_backbone:
+        for m in model.modules():
+            if isinstance(m, SwinStage):
+                m.fast = True
+        done["fast_backbone"] = None
     model.optimizations = tuple(done)
     return model

@@ -11,8 +11,9 @@ from torch import nn
 
 from birefnet_core.model import BiRefNet
 from birefnet_core.model.blocks import ASPPDeformable, DeformableConv2d
+from birefnet_core.model.swin import SwinStage, SwinTransformer
 from birefnet_core.optimize import fuse_conv_bn, optimize_for_inference
-from birefnet_core.variants import Architecture
+from birefnet_core.variants import BACKBONES, Architecture
 from birefnet_core.weights import load_model
 
 TOLERANCE = 1e-4  # max |Δ sigmoid| in float32 on the CPU, as in test_model_fidelity.py
@@ -39,7 +40,10 @@ def test_optimised_lite_matches_official(lite_fast, fixtures_dir, order, size):
 
 
 def test_everything_is_rewritten(lite_fast):
-    assert set(lite_fast.optimizations) == {"fold_batchnorm", "fast_deform", "channels_last"}
+    assert set(lite_fast.optimizations) == {"fold_batchnorm", "fast_deform", "channels_last",
+                                            "fast_head", "fast_backbone"}
+    assert all(m.fast for m in lite_fast.modules() if isinstance(m, SwinStage))
+    assert lite_fast.decoder.fast
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lite_fast.modules())
     dcns = [m for m in lite_fast.modules() if isinstance(m, DeformableConv2d)]
     assert dcns and all(m.fast for m in dcns)
@@ -60,12 +64,17 @@ def test_idempotent(lite_fast, fixtures_dir):
 
 def test_options_apply_separately(fixtures_dir):
     model = load_model(fixtures_dir / "lite_fp16.safetensors", family="lite").model
-    optimize_for_inference(model, fold_batchnorm=True, fast_deform=False, channels_last=False)
+    off = dict(fast_deform=False, channels_last=False, fast_head=False, fast_backbone=False)
+    optimize_for_inference(model, fold_batchnorm=True, **off)
     assert model.optimizations == ("fold_batchnorm",)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert not any(getattr(m, "fast", False) for m in model.modules())
-    optimize_for_inference(model, fold_batchnorm=False, fast_deform=True, channels_last=False)
+    optimize_for_inference(model, fold_batchnorm=False, **{**off, "fast_deform": True})
     assert model.optimizations == ("fold_batchnorm", "fast_deform")
+    assert not model.decoder.fast and not model.bb.layers[0].fast
+    optimize_for_inference(model, fold_batchnorm=False, **{**off, "fast_head": True})
+    assert model.optimizations == ("fold_batchnorm", "fast_deform", "fast_head")
+    assert model.decoder.fast and not model.bb.layers[0].fast
 
 
 def test_fast_deform_without_folding_keeps_the_norms(fixtures_dir):
@@ -140,3 +149,39 @@ def test_load_model_optimize_flag(fixtures_dir):
     assert fast.model.optimizations
     assert fast.info.n_params == exact.info.n_params
     assert (fast.model(x).sigmoid() - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("backbone", ("swin_v1_t", "swin_v1_l"))
+@pytest.mark.parametrize("shape", ((1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 224, 352)),
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fast_swin_is_the_same_function(backbone, shape):
+    """Gathered windows, masked windows last, 4-D attention: same features as the exact path,
+    with and without padding (window 7 and 12), for one image and a batch."""
+    torch.manual_seed(0)
+    exact = SwinTransformer(BACKBONES[backbone]).eval()
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.normal_(0, 0.05)  # the zero-initialised bias tables and norms must matter too
+    fast = copy.deepcopy(exact)
+    for m in fast.modules():
+        if isinstance(m, SwinStage):
+            m.fast = True
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for a, b in zip(exact(x), fast(x)):
+            torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
+
+
+def test_composed_head_matches_two_convolutions():
+    """The 5x5 composition plus the recomputed edge equals conv3x3(conv3x3(x)) everywhere."""
+    from birefnet_core.optimize import _compose_convs
+
+    torch.manual_seed(0)
+    inner = nn.Conv2d(3, 8, 3, padding=1).double()
+    outer = nn.Conv2d(8, 1, 3, padding=1).double()
+    composed = _compose_convs(inner, outer)
+    x = torch.randn(2, 3, 9, 12, dtype=torch.float64)
+    ref = outer(inner(x))
+    out = composed(x)
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-12, atol=1e-12)
+    assert (out[..., 0, :] - ref[..., 0, :]).abs().max() > 1e-3  # why the edge is recomputed

@@ -10,6 +10,15 @@ concatenated to ``h_L``. Where it has ``gdt_convs_{L}``, ``p_L`` is gated by a s
 map. The head upsamples ``p_1`` to the image size, adds ``ipt_blk1`` of the image and predicts one
 logit channel with ``conv_out1``.
 
+``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference` together with
+``head_p1`` and ``head_image``): the head is computed without the full-size concatenation.
+``conv_out1`` is per-pixel affine and bilinear weights sum to one, so its ``p_1`` part commutes
+with the upsampling (one channel is upsampled instead of ``c1 // 2``); its image part is linear
+after ``ipt_blk1.conv_out`` and merges with it into one 3x3 convolution to a single channel
+(``head_image``), which in turn composes with ``ipt_blk1.conv1`` into one 5x5 convolution of the
+image (``head_image5``); only the one-pixel edge, where the composed kernel would read the zero
+padding of the inner convolution as the inner convolution of zeros, is computed in two steps.
+
 The training-only heads (``conv_ms_spvn_*``, ``gdt_convs_pred_*``) are built so that published
 state dicts load strictly, and are never run.
 """
@@ -48,6 +57,8 @@ def image_patches(image: torch.Tensor, size: tuple[int, int], order: PatchOrder)
 
 
 class Decoder(nn.Module):
+    fast: bool = False
+
     def __init__(self, channels: tuple[int, int, int, int], *, generation: DecoderGeneration,
                  patch_order: PatchOrder, norm_layer: NormLayer):
         """``channels``: encoder widths deep first, ``(c4, c3, c2, c1)`` (after the 2x of the
@@ -110,5 +121,25 @@ class Decoder(nn.Module):
             if level in self.gdt_levels:
                 gdt = getattr(self, f"gdt_convs_{level}")(p)
                 p = p * getattr(self, f"gdt_convs_attn_{level}")(gdt).sigmoid()
+        if self.fast:
+            return self._head_fast(p, image)
         h = self._with_image(resize_to(p, image.shape[-2:]), image, 1)
         return self.conv_out1(h)
+
+    def _head_fast(self, p: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        logits = resize_to(self.head_p1(p), image.shape[-2:])
+        return logits.add_(self._image_logit(image))
+
+    def _image_logit(self, image: torch.Tensor) -> torch.Tensor:
+        """``head_image(ipt_blk1.conv1(image))``, composed except on the one-pixel edge."""
+        def two_step(x: torch.Tensor) -> torch.Tensor:
+            return self.head_image(self.ipt_blk1.conv1(x))
+
+        if min(image.shape[-2:]) < 3:
+            return two_step(image)
+        out = self.head_image5(image)
+        out[:, :, :1] = two_step(image[:, :, :3])[:, :, :1]
+        out[:, :, -1:] = two_step(image[:, :, -3:])[:, :, -1:]
+        out[..., :1] = two_step(image[..., :3])[..., :1]
+        out[..., -1:] = two_step(image[..., -3:])[..., -1:]
+        return out

@@ -9,9 +9,18 @@ not used here.
 Statics are cached: each attention keeps its gathered relative-position bias, each stage its
 shift mask per padded size. ``relative_position_index`` stays a persistent buffer because it is
 in the published files; :meth:`SwinTransformer.reset_static` recomputes it after loading.
+
+``fast`` (set on every stage by :func:`birefnet_core.optimize.optimize_for_inference`) computes
+the same function with fewer memory passes: pad, cyclic shift and window partition become one
+gather with a cached index (and the merge one gather back), windows are ordered so the ones a
+shift mask touches come last, and attention runs as 4-D ``scaled_dot_product_attention`` calls
+(the fused CPU kernel; the 5-D exact call falls back to the unfused math path) with the mask
+added only for those trailing windows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +68,53 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device=None) -> torch.
     return torch.zeros(diff.shape, device=device).masked_fill_(diff, _MASK_VALUE)
 
 
+@dataclass(frozen=True)
+class _WindowPlan:
+    """Where each window token of one block kind (shifted or not) comes from, for one size.
+
+    ``gather``: ``[nW * N]`` token index per window position (windows in plan order, padding
+    pointing at token 0), ``padding``: the positions to zero, or None; ``scatter``: ``[H * W]``
+    position of every token in that order; windows ``[0, n_plain)`` need no shift mask,
+    ``mask`` (``[nW - n_plain, 1, N, N]``) is the one of the others.
+    """
+
+    gather: torch.Tensor
+    padding: torch.Tensor | None
+    scatter: torch.Tensor
+    n_plain: int
+    mask: torch.Tensor | None
+
+
+def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _WindowPlan:
+    """The :class:`_WindowPlan` of an ``h`` x ``w`` token grid: zero-pad to whole windows,
+    roll by ``-shift``, partition, and put the windows the shift mask touches last."""
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    rows = (torch.arange(hp) + shift) % hp  # torch.roll by -shift: out[i] = in[i + shift]
+    cols = (torch.arange(wp) + shift) % wp
+    valid = (rows[:, None] < h) & (cols[None, :] < w)
+    source = torch.where(valid, rows[:, None] * w + cols[None, :], -1)
+    source = window_partition(source[None, :, :, None], window)[0, :, :, 0]  # [nW, N]
+    if shift:
+        mask = shift_mask(hp, wp, window, shift)
+        masked = mask.flatten(1).ne(0).any(1)
+    else:
+        mask, masked = None, torch.zeros(source.shape[0], dtype=torch.bool)
+    order = torch.cat((torch.nonzero(~masked)[:, 0], torch.nonzero(masked)[:, 0]))
+    source = source[order].flatten()
+    n_plain = int((~masked).sum())
+    padded = source < 0
+    scatter = torch.empty(h * w, dtype=torch.long)
+    scatter[source[~padded]] = torch.nonzero(~padded)[:, 0]
+    return _WindowPlan(
+        gather=source.clamp(min=0).to(device),
+        padding=torch.nonzero(padded)[:, 0].to(device) if padded.any() else None,
+        scatter=scatter.to(device),
+        n_plain=n_plain,
+        mask=None if mask is None or n_plain == len(order) else
+        mask[order[n_plain:], None].to(device),
+    )
+
+
 class WindowAttention(nn.Module):
     def __init__(self, dim: int, window: int, num_heads: int):
         super().__init__()
@@ -97,6 +153,35 @@ class WindowAttention(nn.Module):
             bias = bias + mask.to(q.dtype)[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+
+    def forward_windows(self, x: torch.Tensor, n_plain: int,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+        """Fast path. ``x``: ``[B, nW, N, C]`` with the ``n_plain`` unmasked windows first and
+        ``mask`` (``[nW - n_plain, 1, N, N]``) for the rest."""
+        b, nw, n, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).view(b, nw, n, 3, heads, c // heads)
+        bias = self.relative_bias(qkv.dtype)[None]  # [1, heads, N, N]
+        parts = [(0, n_plain, bias)]
+        if n_plain < nw:
+            parts.append((n_plain, nw, bias + mask.to(qkv.dtype)))
+        parts = [part for part in parts if part[1] > part[0]]
+        if b == 1 and len(parts) == 1:
+            out = self._sdpa(qkv[0], parts[0][2]).view(b, nw, n, c)  # [nW, N, heads, d] rows
+        else:
+            out = torch.empty(b, nw, n, c, dtype=qkv.dtype, device=qkv.device)
+            for i in range(b):
+                for start, stop, attn_mask in parts:
+                    out[i, start:stop] = self._sdpa(qkv[i, start:stop], attn_mask)
+        return self.proj(out)
+
+    @staticmethod
+    def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """``qkv``: ``[nW, N, 3, heads, d]`` -> ``[nW, N, heads * d]``."""
+        nw, n = qkv.shape[:2]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [nW, heads, N, d] strided views
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return out.transpose(1, 2).reshape(nw, n, -1)
 
 
 class Mlp(nn.Module):
@@ -139,6 +224,17 @@ class SwinBlock(nn.Module):
         x = x + y.reshape(b, h * w, c)
         return x + self.mlp(self.norm2(x))
 
+    def forward_fast(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
+        """Same as :meth:`forward`, with the padded, shifted window layout given by ``plan``."""
+        b, _, c = x.shape
+        n = self.window * self.window
+        y = self.norm1(x).index_select(1, plan.gather)
+        if plan.padding is not None:
+            y.index_fill_(1, plan.padding, 0.0)  # zeros after the norm, as trained
+        y = self.attn.forward_windows(y.view(b, -1, n, c), plan.n_plain, plan.mask)
+        x = x + y.view(b, -1, c).index_select(1, plan.scatter)
+        return x + self.mlp(self.norm2(x))
+
 
 class PatchMerging(nn.Module):
     def __init__(self, dim: int):
@@ -156,6 +252,8 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
+    fast: bool = False  # see the module docstring; set by optimize_for_inference
+
     def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
                  downsample: bool):
         super().__init__()
@@ -166,6 +264,7 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
         self._masks: dict[tuple, torch.Tensor] = {}
+        self._plans: dict[tuple, _WindowPlan] = {}
 
     def mask_for(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
@@ -174,10 +273,20 @@ class SwinStage(nn.Module):
             self._masks[key] = shift_mask(hp, wp, self.window, self.shift, device)
         return self._masks[key]
 
+    def plan_for(self, h: int, w: int, shift: int, device: torch.device) -> _WindowPlan:
+        key = (h, w, shift, device)
+        if key not in self._plans:
+            self._plans[key] = window_plan(h, w, self.window, shift, device)
+        return self._plans[key]
+
     def forward(self, x: torch.Tensor, h: int, w: int):
-        mask = self.mask_for(h, w, x.device) if len(self.blocks) > 1 else None
-        for block in self.blocks:
-            x = block(x, h, w, mask)
+        if self.fast:
+            for block in self.blocks:
+                x = block.forward_fast(x, self.plan_for(h, w, block.shift, x.device))
+        else:
+            mask = self.mask_for(h, w, x.device) if len(self.blocks) > 1 else None
+            for block in self.blocks:
+                x = block(x, h, w, mask)
         if self.downsample is None:
             return x, x, h, w
         return x, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
@@ -219,6 +328,7 @@ class SwinTransformer(nn.Module):
                 module.reset_static()
             elif isinstance(module, SwinStage):
                 module._masks.clear()
+                module._plans.clear()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)
