@@ -100,7 +100,11 @@ def timing_table(repeats=3):
     up = lambda t: torch.nn.functional.interpolate(  # noqa: E731
         t, size=(2048, 2048), mode="bilinear", align_corners=False).clamp(0, 1)
     img2, a2 = up(a * f + (1 - a) * bgs["beach"]), up(a)
-    for label, fn in (("multilevel foreground, lemur matte",
+    for label, fn in (("refine guided (ws 1024), lemur matte",
+                       lambda: R.refine_edges(a2, img2, 1024, "guided")),
+                      ("refine matting (ws 1024), lemur matte",
+                       lambda: R.refine_edges(a2, img2, 1024, "matting")),
+                      ("multilevel foreground, lemur matte",
                        lambda: C.estimate_foreground(img2, a2)),
                       ("blur-fusion, lemur matte", lambda: C.blur_fusion_foreground(img2, a2))):
         best = float("inf")

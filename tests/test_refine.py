@@ -111,6 +111,16 @@ def test_errors_are_clear(bad, match):
         bad()
 
 
+# Band-SAD ratio to bilinear measured on the 340 px lemur (RESULTS_refine.md) plus ~3 % slack:
+# working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size (same scale factor).
+QUALITY_LIMITS = {
+    ("guided", 128, "magenta"): 0.42, ("guided", 128, "beach"): 0.88,
+    ("guided", 192, "magenta"): 0.40, ("guided", 192, "beach"): 0.94,
+    ("matting", 128, "magenta"): 0.36, ("matting", 128, "beach"): 0.72,
+    ("matting", 192, "magenta"): 0.32, ("matting", 192, "beach"): 0.73,
+}
+
+
 def test_quality_small(matting_dir):
     """Small-size version of benchmarks/bench_matting_quality.py (see RESULTS_refine.md)."""
     from benchmarks.matting_protocol import alpha_metrics, band_of, degrade, load_cases
@@ -118,18 +128,17 @@ def test_quality_small(matting_dir):
     cases = load_cases(matting_dir, lemur_size=340)
     a, f, _, bgs = cases["lemur"]
     band = band_of(a)
-    # Large-image case (340 px image, mask from a 96 px working size): refinement helps on the
-    # saturated background and never hurts much on the photo background.
-    ad = degrade(a, 96)
+    # Large-image case: the issue's target is <= 0.6x bilinear; met on the saturated
+    # background, not on the photo (white fur over white surf), where it must not hurt.
     ratios = {}
-    for name, bg in bgs.items():
-        img = a * f + (1 - a) * bg
-        out = R.refine_edges(ad, img, working_size=96, mode="guided")
-        ratios[name] = (alpha_metrics(out, a, band)["sad_band"] /
-                        alpha_metrics(ad, a, band)["sad_band"])
-    assert ratios["magenta"] <= 0.8, ratios
-    assert ratios["beach"] <= 1.05, ratios
-    # Not-downscaled case: never worse than bilinear by more than 5 %.
+    for mode, ws, name in QUALITY_LIMITS:
+        ad = degrade(a, ws)
+        img = a * f + (1 - a) * bgs[name]
+        out = R.refine_edges(ad, img, working_size=ws, mode=mode)
+        ratios[mode, ws, name] = (alpha_metrics(out, a, band)["sad_band"] /
+                                  alpha_metrics(ad, a, band)["sad_band"])
+    assert all(ratios[k] <= v for k, v in QUALITY_LIMITS.items()), ratios
+    # Not-downscaled case: never worse than bilinear by more than 5 % (it is the identity).
     for name, (a, f, _, bgs) in cases.items():
         ad = degrade(a, 512)
         for bg in bgs.values():
@@ -138,3 +147,18 @@ def test_quality_small(matting_dir):
             band = band_of(a)
             assert alpha_metrics(out, a, band)["sad_band"] <= \
                 1.05 * alpha_metrics(ad, a, band)["sad_band"]
+
+
+def test_band_tiles_match_whole_image_colour_model():
+    """The tiled colour model equals the whole-image one inside the band (away from borders)."""
+    torch.manual_seed(0)
+    m = F.interpolate((torch.rand(1, 1, 6, 6) > 0.5).float(), size=(96, 96), mode="bilinear")
+    fg, bg = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1), torch.tensor([0.1, 0.2, 0.8])
+    g = m * fg + (1 - m) * bg.view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, 96, 96)
+    band = ((m > 0.01) & (m < 0.99)).float()
+    tiled = R._band_colour_alpha(g, m, band, 2.0)
+    whole = R._multiscale_colour_alpha(g, m, 2.0)
+    inner = band.bool().clone()
+    inner[..., :12, :] = inner[..., -12:, :] = inner[..., :, :12] = inner[..., :, -12:] = False
+    assert torch.allclose(tiled[inner], whole[inner], atol=1e-4)
+    assert (tiled - m)[inner].abs().max() > 0.05  # it does act in the band
