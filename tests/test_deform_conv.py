@@ -123,3 +123,18 @@ def test_rejects_unsupported_configurations():
         deform_conv2d(x, offset, weight, bias, padding=1, mask=mask[:, :4])
     with pytest.raises(InputError, match="tile_rows"):
         deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, tile_rows=0)
+
+
+def test_module_keeps_float64_and_runs_reduced_precision_in_fp32():
+    """Only fp16/bf16 inputs are routed through fp32 (tests/test_inference.py covers bf16);
+    float64 stays float64 end to end."""
+    from birefnet_core.model.blocks import DeformableConv2d
+
+    torch.manual_seed(0)
+    module = DeformableConv2d(4, 8, 3, 1).double()
+    x = torch.randn(1, 4, 9, 9, dtype=torch.float64)
+    ref = tv_deform_conv2d(x, module.offset_conv(x), module.regular_conv.weight, padding=1,
+                           mask=2.0 * torch.sigmoid(module.modulator_conv(x)))
+    out = module(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)

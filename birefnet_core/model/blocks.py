@@ -62,7 +62,7 @@ class DeformableConv2d(nn.Module):
             modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
             op = deform_conv2d
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
-        reduced = torch.float32 not in (x.dtype, offset.dtype) or x.dtype != offset.dtype
+        reduced = bool({x.dtype, offset.dtype} & {torch.float16, torch.bfloat16})
         if reduced and (self.fast or x.device.type != "cuda"):
             # Sampling positions need fp32 (bf16 cannot address pixels past ~256), and
             # torchvision has reduced-precision kernels only on CUDA (where its autocast rule
