@@ -654,6 +654,18 @@ class _Run:
         return masks
 
 
+def check_images(images) -> None:
+    """Raise :class:`InputError` unless ``images`` is a ``[B, H, W, C]`` tensor (C = 1, 3 or 4),
+    float 0..1 or uint8 (the ComfyUI IMAGE layout)."""
+    if (not isinstance(images, torch.Tensor) or images.ndim != 4
+            or images.shape[-1] not in (1, 3, 4)):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputError(f"images must be a [B, H, W, C] tensor with C in (1, 3, 4) (ComfyUI "
+                         f"IMAGE layout), got {shape}")
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise InputError(f"images must be float 0..1 or uint8, got {images.dtype}")
+
+
 def predict_masks(
     model: nn.Module,
     images: torch.Tensor,
@@ -701,13 +713,7 @@ def predict_masks(
     Output does not depend on ``batch_size`` (to float rounding). Raises :class:`InputError` on
     bad inputs and :class:`OutOfMemoryError` when a single frame does not fit.
     """
-    if (not isinstance(images, torch.Tensor) or images.ndim != 4
-            or images.shape[-1] not in (1, 3, 4)):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise InputError(f"images must be a [B, H, W, C] tensor with C in (1, 3, 4) (ComfyUI "
-                         f"IMAGE layout), got {shape}")
-    if not (images.is_floating_point() or images.dtype == torch.uint8):
-        raise InputError(f"images must be float 0..1 or uint8, got {images.dtype}")
+    check_images(images)
     if batch_size < 0:
         raise InputError(f"batch_size must be >= 0 (0 = automatic), got {batch_size}")
     if region_margin < 0:

@@ -6,9 +6,10 @@ import logging
 
 import torch
 
-from ..birefnet_core.errors import CancelledError, InputError
+from ..birefnet_core.errors import CancelledError
 from ..birefnet_core.inference import (
     DYNAMIC_MAX_MEGAPIXELS,
+    check_images,
     estimate_memory,
     predict_masks,
     resolve_precision,
@@ -91,7 +92,7 @@ class BiRefNetSegment:
         if not isinstance(model, BiRefNetModel):
             raise TypeError(f"'model' must come from Load BiRefNet Model (BIREFNET_MODEL), got "
                             f"{type(model).__name__}")
-        _check_images(images)
+        check_images(images)  # before the empty-batch shortcut and loading the model
         out_device = host.intermediate_device()
         batch, height, width = images.shape[:3]
         if batch == 0:
@@ -134,13 +135,6 @@ def _io_bytes(images: torch.Tensor, chunk: int) -> int:
     """Device bytes of one chunk of input frames and its masks (float32)."""
     _, height, width, channels = images.shape
     return chunk * height * width * (channels + 1) * 4
-
-
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise InputError(f"'images' must be an IMAGE [B, H, W, C] with C = 1, 3 or 4 channels, "
-                         f"got {shape}")
 
 
 def compose_rgba(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
