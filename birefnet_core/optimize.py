@@ -14,7 +14,8 @@ fixtures, see ``tests/test_optimize.py``).
   branches into one buffer with the pooled branch entering the fusing 1x1 conv as a bias.
 - ``channels_last``: the squeeze module's and the decoder's convolutions keep their weights in
   channels-last layout, which oneDNN runs markedly faster on the CPU (and tensor cores prefer);
-  activations follow the weights' layout.
+  activations follow the weights' layout. The Swin backbone hands its features over in the
+  tokens' channels-last layout, so no NCHW copy is made only to be converted back.
 - ``fast_head``: the decoder's full-size head runs without its full-size concatenation and
   upsampling of ``c1 // 2`` channels: ``conv_out1`` is split into a 1x1 conv on ``p1`` applied
   before the (affine-commuting) bilinear upsampling and a single-channel convolution of the
@@ -31,7 +32,7 @@ from torch import nn
 
 from .model.blocks import ASPPDeformable, DeformableConv2d
 from .model.decoder import Decoder
-from .model.swin import SwinStage
+from .model.swin import SwinStage, SwinTransformer
 
 __all__ = ["optimize_for_inference", "fold_batchnorms", "fuse_conv_bn"]
 
@@ -225,6 +226,9 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
         for name in ("squeeze_module", "decoder"):
             if hasattr(model, name):
                 _to_channels_last(getattr(model, name))
+        for m in model.modules():
+            if isinstance(m, SwinTransformer):
+                m.channels_last = True
         done["channels_last"] = None
     if fast_backbone:
         for m in model.modules():

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from ..ops import deform_conv2d as fast_deform_conv2d
+from ..ops.linear import linear
 
 NormLayer = Optional[Callable[[int], nn.Module]]
 
@@ -173,8 +174,18 @@ class BasicLatBlk(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    def forward(self, x: torch.Tensor, add: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``conv(x)``, plus ``add`` if given. For channels-last inputs the 1x1 convolution is a
+        per-pixel linear map of contiguous rows and runs as one linear op with the addition
+        fused (:func:`birefnet_core.ops.linear`)."""
+        cl = torch.channels_last
+        if add is not None and x.is_contiguous(memory_format=cl) and add.is_contiguous(
+                memory_format=cl) and add.shape[1] == self.conv.out_channels:
+            y = linear(x.permute(0, 2, 3, 1), self.conv.weight.flatten(1), self.conv.bias,
+                       residual=add.permute(0, 2, 3, 1))
+            return y.permute(0, 3, 1, 2)
+        y = self.conv(x)
+        return y if add is None else y + add
 
 
 class SimpleConvs(nn.Module):

@@ -18,6 +18,8 @@ after ``ipt_blk1.conv_out`` and merges with it into one 3x3 convolution to a sin
 (``head_image``), which in turn composes with ``ipt_blk1.conv1`` into one 5x5 convolution of the
 image (``head_image5``); only the one-pixel edge, where the composed kernel would read the zero
 padding of the inner convolution as the inner convolution of zeros, is computed in two steps.
+The lateral blocks add ``up(p_{L+1})`` inside their 1x1 convolution (one fused op on
+channels-last features) instead of in a separate pass.
 
 The training-only heads (``conv_ms_spvn_*``, ``gdt_convs_pred_*``) are built so that published
 state dicts load strictly, and are never run.
@@ -116,7 +118,10 @@ class Decoder(nn.Module):
             else:
                 skip = skips[level]
                 lateral = getattr(self, f"lateral_block{level + 1}")
-                h = resize_to(p, skip.shape[-2:]) + lateral(skip)
+                if self.fast:
+                    h = lateral(skip, add=resize_to(p, skip.shape[-2:]))
+                else:
+                    h = resize_to(p, skip.shape[-2:]) + lateral(skip)
             p = getattr(self, f"decoder_block{level}")(self._with_image(h, image, level + 1))
             if level in self.gdt_levels:
                 gdt = getattr(self, f"gdt_convs_{level}")(p)

@@ -11,11 +11,14 @@ shift mask per padded size. ``relative_position_index`` stays a persistent buffe
 in the published files; :meth:`SwinTransformer.reset_static` recomputes it after loading.
 
 ``fast`` (set on every stage by :func:`birefnet_core.optimize.optimize_for_inference`) computes
-the same function with fewer memory passes: pad, cyclic shift and window partition become one
-gather with a cached index (and the merge one gather back), windows are ordered so the ones a
-shift mask touches come last, and attention runs as 4-D ``scaled_dot_product_attention`` calls
-(the fused CPU kernel; the 5-D exact call falls back to the unfused math path) with the mask
-added only for those trailing windows.
+the same function with fewer memory passes and fewer rows: pad, cyclic shift and window
+partition become one gather with a cached index (and the merge one gather back), windows are
+ordered so the ones a shift mask touches come last, and attention runs as 4-D
+``scaled_dot_product_attention`` calls (the fused CPU kernel; the 5-D exact call falls back to
+the unfused math path) with the mask added only for those trailing windows. ``qkv`` runs on the
+real tokens before the gather (a padding token's is its bias) and ``proj`` after the gather
+back, so neither computes padding rows (27 % of the stage-3 rows at 1024²), and the linear
+layers fuse their bias, GELU and residual adds (:func:`birefnet_core.ops.linear`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear import linear
 from ..variants import BackboneSpec
 
 _MASK_VALUE = -100.0  # what the published weights were trained with, not -inf
@@ -73,7 +77,7 @@ class _WindowPlan:
     """Where each window token of one block kind (shifted or not) comes from, for one size.
 
     ``gather``: ``[nW * N]`` token index per window position (windows in plan order, padding
-    pointing at token 0), ``padding``: the positions to zero, or None; ``scatter``: ``[H * W]``
+    pointing at token 0), ``padding``: the padding positions, or None; ``scatter``: ``[H * W]``
     position of every token in that order; windows ``[0, n_plain)`` need no shift mask,
     ``mask`` (``[nW - n_plain, 1, N, N]``) is the one of the others.
     """
@@ -154,26 +158,28 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
 
-    def forward_windows(self, x: torch.Tensor, n_plain: int,
-                        mask: torch.Tensor | None) -> torch.Tensor:
-        """Fast path. ``x``: ``[B, nW, N, C]`` with the ``n_plain`` unmasked windows first and
-        ``mask`` (``[nW - n_plain, 1, N, N]``) for the rest."""
-        b, nw, n, c = x.shape
+    def attend_windows(self, qkv: torch.Tensor, n_plain: int,
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        """Fast path, between the projections. ``qkv``: ``[B, nW, N, 3C]`` (``self.qkv`` of the
+        windowed tokens) with the ``n_plain`` unmasked windows first and ``mask``
+        (``[nW - n_plain, 1, N, N]``) for the rest; returns the heads' outputs
+        ``[B, nW, N, C]`` (``proj`` is per token: apply it after un-windowing)."""
+        b, nw, n, c3 = qkv.shape
         heads = self.num_heads
-        qkv = self.qkv(x).view(b, nw, n, 3, heads, c // heads)
+        qkv = qkv.view(b, nw, n, 3, heads, c3 // (3 * heads))
+        c = c3 // 3
         bias = self.relative_bias(qkv.dtype)[None]  # [1, heads, N, N]
         parts = [(0, n_plain, bias)]
         if n_plain < nw:
             parts.append((n_plain, nw, bias + mask.to(qkv.dtype)))
         parts = [part for part in parts if part[1] > part[0]]
         if b == 1 and len(parts) == 1:
-            out = self._sdpa(qkv[0], parts[0][2]).view(b, nw, n, c)  # [nW, N, heads, d] rows
-        else:
-            out = torch.empty(b, nw, n, c, dtype=qkv.dtype, device=qkv.device)
-            for i in range(b):
-                for start, stop, attn_mask in parts:
-                    out[i, start:stop] = self._sdpa(qkv[i, start:stop], attn_mask)
-        return self.proj(out)
+            return self._sdpa(qkv[0], parts[0][2]).view(b, nw, n, c)  # [nW, N, heads, d] rows
+        out = torch.empty(b, nw, n, c, dtype=qkv.dtype, device=qkv.device)
+        for i in range(b):
+            for start, stop, attn_mask in parts:
+                out[i, start:stop] = self._sdpa(qkv[i, start:stop], attn_mask)
+        return out
 
     @staticmethod
     def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -225,15 +231,26 @@ class SwinBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward_fast(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
-        """Same as :meth:`forward`, with the padded, shifted window layout given by ``plan``."""
+        """Same as :meth:`forward`, with the padded, shifted window layout given by ``plan``;
+        the projections and the MLP run as fused linear ops (bias, GELU and residual adds in the
+        GEMM where the CPU library can, see :func:`birefnet_core.ops.linear`)."""
         b, _, c = x.shape
         n = self.window * self.window
-        y = self.norm1(x).index_select(1, plan.gather)
+        attn = self.attn
+        # qkv of the real tokens only, then windowed: a padding token is zero after the norm,
+        # so its qkv is the bias (up to 2.25x fewer rows than projecting the padded windows).
+        qkv = linear(self.norm1(x), attn.qkv.weight, attn.qkv.bias).index_select(1, plan.gather)
         if plan.padding is not None:
-            y.index_fill_(1, plan.padding, 0.0)  # zeros after the norm, as trained
-        y = self.attn.forward_windows(y.view(b, -1, n, c), plan.n_plain, plan.mask)
-        x = x + y.view(b, -1, c).index_select(1, plan.scatter)
-        return x + self.mlp(self.norm2(x))
+            if attn.qkv.bias is None:
+                qkv.index_fill_(1, plan.padding, 0.0)
+            else:
+                qkv[:, plan.padding] = attn.qkv.bias.to(qkv.dtype)
+        y = attn.attend_windows(qkv.view(b, -1, n, 3 * c), plan.n_plain, plan.mask)
+        y = y.view(b, -1, c).index_select(1, plan.scatter)
+        x = linear(y, attn.proj.weight, attn.proj.bias, residual=x)
+        mlp = self.mlp
+        y = linear(self.norm2(x), mlp.fc1.weight, mlp.fc1.bias, gelu=True)
+        return linear(y, mlp.fc2.weight, mlp.fc2.bias, residual=x)
 
 
 class PatchMerging(nn.Module):
@@ -307,7 +324,14 @@ class PatchEmbed(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """Returns four ``[B, C_i, H/2^(i+2), W/2^(i+2)]`` feature maps (strides 4, 8, 16, 32)."""
+    """Returns four ``[B, C_i, H/2^(i+2), W/2^(i+2)]`` feature maps (strides 4, 8, 16, 32).
+
+    ``channels_last`` (set by :func:`birefnet_core.optimize.optimize_for_inference`): the maps
+    are handed out in the tokens' own channels-last layout instead of being copied to NCHW; the
+    channels-last decoder then reads them without converting them back.
+    """
+
+    channels_last: bool = False
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()
@@ -338,6 +362,7 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.layers):
             out, x, nh, nw = stage(x, h, w)
             out = getattr(self, f"norm{i}")(out)
-            outs.append(out.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())
+            out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
+            outs.append(out if self.channels_last else out.contiguous())
             h, w = nh, nw
         return outs

@@ -108,11 +108,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     elif tuple(out.shape) != (b, o, ho, wo) or out.dtype != dtype:
         raise InputError(f"out must be {(b, o, ho, wo)} of {dtype}, got {tuple(out.shape)} of "
                          f"{out.dtype}")
-    # The bias is written once and every tile's GEMM accumulates onto it (no per-tile copy).
-    if bias is None:
-        out.zero_()
-    else:
-        out.copy_(bias.view(1, o, 1, 1).expand(b, o, ho, wo))
+    bias_col = None if bias is None else bias.view(o, 1)
 
     for r0 in range(0, ho, tile_rows):
         r1 = min(ho, r0 + tile_rows)
@@ -133,7 +129,12 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
             except RuntimeError:
                 flat = None
             if flat is None:
-                dst.add_(torch.mm(w2d, cols[i]).view(o, n, wo))
+                y = (torch.mm(w2d, cols[i]) if bias_col is None
+                     else torch.addmm(bias_col, w2d, cols[i]))
+                dst.copy_(y.view(o, n, wo))
+            elif bias_col is None:
+                flat.addmm_(w2d, cols[i], beta=0)  # beta=0: the destination is not read
             else:
-                flat.addmm_(w2d, cols[i])
+                # The bias goes in tile by tile, just before the GEMM reads it back from cache.
+                flat.copy_(bias_col.expand(o, n * wo)).addmm_(w2d, cols[i])
     return out

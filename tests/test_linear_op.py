@@ -1,0 +1,81 @@
+"""``birefnet_core.ops.linear``: the fused CPU path computes the unfused ops' function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birefnet_core.ops import linear as linear_mod
+from birefnet_core.ops.linear import linear
+
+
+def _data(rows=37, cin=24, cout=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, rows, cin, generator=g)
+    w = torch.randn(cout, cin, generator=g) / cin ** 0.5
+    b = torch.randn(cout, generator=g)
+    r = torch.randn(2, rows, cout, generator=g)
+    return x, w, b, r
+
+
+@pytest.mark.parametrize("kind", ("plain", "gelu", "residual", "no_bias"))
+def test_matches_the_unfused_ops(kind):
+    x, w, b, r = _data()
+    bias = None if kind == "no_bias" else b
+    ref = F.linear(x, w, bias)
+    if kind == "gelu":
+        ref = F.gelu(ref)  # exact erf GELU, as nn.GELU() in the Swin MLP
+    if kind == "residual":
+        ref = ref + r
+    out = linear(x, w, bias, gelu=kind == "gelu", residual=r if kind == "residual" else None)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
+
+
+def test_the_fused_kernel_is_used_on_this_cpu():
+    """Guards the speed claim: on a CPU build with oneDNN the fused op must actually be taken."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    x, w, b, r = _data()
+    assert linear_mod._can_fuse(x, w, b, r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear_mod._can_fuse(x, w, b)  # autocast's reduced precision is honoured
+    assert not linear_mod._can_fuse(x.double(), w.double())
+    assert not linear_mod._can_fuse(x.transpose(0, 1), w)
+
+
+def test_fallback_and_other_dtypes_agree(monkeypatch):
+    x, w, b, r = _data()
+    fused = linear(x, w, b, residual=r)
+    monkeypatch.setattr(linear_mod, "_FUSED", None)
+    torch.testing.assert_close(linear(x, w, b, residual=r), fused, rtol=0, atol=2e-5)
+    out64 = linear(x.double(), w.double(), b.double(), gelu=True)
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, F.gelu(F.linear(x.double(), w.double(), b.double())))
+
+
+def test_bad_arguments():
+    x, w, b, r = _data()
+    with pytest.raises(ValueError, match="either"):
+        linear(x, w, b, gelu=True, residual=r)
+    with pytest.raises(ValueError, match="residual must be"):
+        linear(x, w, b, residual=r[:, :3])
+
+
+def test_lateral_block_fuses_its_addition_on_channels_last_features():
+    from birefnet_core.model.blocks import BasicLatBlk
+
+    torch.manual_seed(0)
+    block = BasicLatBlk(12, 20).eval()
+    cl = torch.channels_last
+    x = torch.randn(2, 12, 9, 7).contiguous(memory_format=cl)
+    add = torch.randn(2, 20, 9, 7).contiguous(memory_format=cl)
+    with torch.inference_mode():
+        ref = block.conv(x) + add
+        fused = block(x, add=add)
+        plain = block(x.contiguous(), add=add.contiguous())  # NCHW: the convolution path
+    assert fused.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(plain, ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(block(x), block.conv(x), rtol=0, atol=0)
