@@ -79,3 +79,16 @@ def test_lateral_block_fuses_its_addition_on_channels_last_features():
     torch.testing.assert_close(fused, ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(plain, ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(block(x), block.conv(x), rtol=0, atol=0)
+
+
+def test_the_fused_call_does_no_host_side_work():
+    """Calling the op by overload: no tensor formatting (``item``) per call, as resolving the
+    overload packet by trial did."""
+    from torch.profiler import profile
+
+    x, w, b, r = _data()
+    with profile() as prof:
+        linear(x, w, b, residual=r)
+        linear(x, w, b, gelu=True)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert "aten::item" not in counts, counts

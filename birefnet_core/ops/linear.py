@@ -20,9 +20,15 @@ __all__ = ["linear"]
 
 
 def _onednn_linear():
-    if not torch.backends.mkldnn.is_available():
+    """The (unary, binary) overloads, named explicitly: resolving them by trial from the packet
+    would format the tensors into the rejected overload's error message on every call."""
+    packet = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if not torch.backends.mkldnn.is_available() or packet is None:
         return None
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    try:
+        return packet.default, packet.binary
+    except AttributeError:
+        return None
 
 
 _FUSED = _onednn_linear()
@@ -52,10 +58,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"residual must be {out_shape}, got {tuple(residual.shape)}")
     if _can_fuse(x, weight, bias, residual):
         x2 = x.reshape(-1, x.shape[-1])
+        unary, binary = _FUSED
         if residual is not None:
-            y = _FUSED(x2, residual.reshape(-1, out_shape[-1]), weight, bias, "add")
+            y = binary(x2, residual.reshape(-1, out_shape[-1]), weight, bias, "add")
         else:
-            y = _FUSED(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+            y = unary(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return y.view(out_shape)
     y = F.linear(x, weight, bias)
     if gelu:
