@@ -262,45 +262,97 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 # Radii (in working-size pixels) of the local colour statistics, finest first.
-_FB_FACTORS = (2, 3, 4, 6)
+_FB_FACTORS = (2, 6)
+# Confident-sample thresholds, covariance ridge, prior variance and prior sharpening of the
+# colour model (sweeps in benchmarks/RESULTS_refine.md).
+_FB_LO, _FB_HI = 0.1, 0.9
+_FB_EPS = 1e-5
+_PRIOR_VAR = 0.003
+_SHARPEN = 2.0
+
+
+def _sym6(x):
+    """The 6 distinct entries of ``x x^T`` for a ``[N, 3, H, W]`` colour tensor."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return torch.cat([r * r, r * g, r * b, g * g, g * b, b * b], 1)
+
+
+def _sym_matvec(m, v):
+    """``M v`` for symmetric 3x3 ``M`` given as its 6 entries (a tuple of ``[N,1,H,W]``)."""
+    m11, m12, m13, m22, m23, m33 = m
+    x, y, z = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    return torch.cat([m11 * x + m12 * y + m13 * z, m12 * x + m22 * y + m23 * z,
+                      m13 * x + m23 * y + m33 * z], 1)
 
 
 def _fb_channels(guide, prior, lo, hi):
-    """The 10 channels whose local means give the F / B colour statistics."""
+    """The 20 channels whose local means give the F / B colour means and covariances."""
     wf = (prior > hi).to(guide.dtype)
     wb = (prior < lo).to(guide.dtype)
-    g2 = (guide * guide).sum(1, keepdim=True)
-    return torch.cat([wf * guide, wf * g2, wf, wb * guide, wb * g2, wb], 1)
+    g6 = _sym6(guide)
+    return torch.cat([wf * guide, wf * g6, wf, wb * guide, wb * g6, wb], 1)
 
 
-def _fb_model(means, min_count, spread_weight, kappa):
-    """``(B mean, F - B, |F - B|^2, confidence)`` from the channel means at several radii.
+def _fb_model(means, min_count):
+    """``(B mean, F - B, F and B covariance sum (6 entries), ok)`` from channel means at
+    several radii.
 
     Foreground and background statistics are each taken from the first (finest) radius where
-    that side covers at least ``min_count`` of the window.
+    that side covers at least ``min_count`` of the window; ``ok`` is 0 where a side has no
+    samples at any radius.
     """
-    fm = bm = vf = vb = okf = okb = None
+    fm = bm = cf = cb = okf = okb = None
     for s in means:
-        nf, nb = s[:, 4:5], s[:, 9:10]
-        f_k, b_k = s[:, 0:3] / (nf + 1e-6), s[:, 5:8] / (nb + 1e-6)
-        vf_k = (s[:, 3:4] / (nf + 1e-6) - (f_k * f_k).sum(1, keepdim=True)).clamp(min=0)
-        vb_k = (s[:, 8:9] / (nb + 1e-6) - (b_k * b_k).sum(1, keepdim=True)).clamp(min=0)
+        nf, nb = s[:, 9:10].clamp(min=1e-6), s[:, 19:20].clamp(min=1e-6)
+        f_k, b_k = s[:, 0:3] / nf, s[:, 10:13] / nb
+        cf_k = s[:, 3:9] / nf - _sym6(f_k)
+        cb_k = s[:, 13:19] / nb - _sym6(b_k)
         okf_k, okb_k = nf > min_count, nb > min_count
         if fm is None:
-            fm, vf, okf, bm, vb, okb = f_k, vf_k, okf_k, b_k, vb_k, okb_k
+            fm, cf, okf, bm, cb, okb = f_k, cf_k, okf_k, b_k, cb_k, okb_k
             continue
         tf, tb = okf_k & ~okf, okb_k & ~okb  # the first radius where this side has samples
-        fm, vf, okf = torch.where(tf, f_k, fm), torch.where(tf, vf_k, vf), okf | okf_k
-        bm, vb, okb = torch.where(tb, b_k, bm), torch.where(tb, vb_k, vb), okb | okb_k
-    d = fm - bm
-    n2 = (d * d).sum(1, keepdim=True)
-    conf = n2 / (n2 + spread_weight * (vf + vb) + kappa) * (okf & okb).to(d.dtype)
-    return bm, d, n2, conf
+        fm, cf, okf = torch.where(tf, f_k, fm), torch.where(tf, cf_k, cf), okf | okf_k
+        bm, cb, okb = torch.where(tb, b_k, bm), torch.where(tb, cb_k, cb), okb | okb_k
+    return bm, fm - bm, cf + cb, (okf & okb).to(fm.dtype)
 
 
-def _project(guide, prior, bm, d, n2, conf):
-    alpha = (((guide - bm) * d).sum(1, keepdim=True) / (n2 + 1e-6)).clamp(0, 1)
-    return conf * alpha + (1 - conf) * prior
+def _sharpen_prior(prior, scale, amount=_SHARPEN):
+    """Undo part of the resampling blur of a mask upsampled ``scale`` x: an unsharp mask
+    (``amount``) at a Gaussian sigma of one working-size pixel, clamped to 0..1."""
+    if amount <= 0:
+        return prior
+    return (prior + amount * (prior - gaussian_like_blur(prior, scale))).clamp(0, 1)
+
+
+def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
+    """Fisher-discriminant alpha as a linear function of the colour: ``(u, c, precision)``.
+
+    The colour is projected on ``w = (C_F + C_B + eps)^-1 (F - B)`` (the direction along
+    which the local foreground and background distributions separate best, so that the
+    fur's own light/dark variation and the background's texture are ignored):
+    ``a = w.(I - B) / w.(F - B) = u.I + c``, with variance ``1 / (F - B)^T w`` (the
+    precision is 0 where ``ok`` is 0).
+    """
+    cov = cov.clone()
+    cov[:, 0:1] += eps
+    cov[:, 3:4] += eps
+    cov[:, 5:6] += eps
+    w = _sym_matvec(_inv3_sym(*cov.split(1, 1)), d)
+    prec = (w * d).sum(1, keepdim=True)  # d^T C^-1 d
+    u = w / (prec + 1e-12)
+    c = -(u * bm).sum(1, keepdim=True)
+    prec = prec.clamp(min=0) * ok
+    bad = ~(torch.isfinite(u).all(1, keepdim=True) & torch.isfinite(c) & torch.isfinite(prec))
+    if bool(bad.any()):
+        u, c, prec = u.masked_fill(bad, 0), c.masked_fill(bad, 0), prec.masked_fill(bad, 0)
+    return u, c, prec
+
+
+def _fuse(guide, prior, u, c, prec, prior_var=_PRIOR_VAR):
+    """The colour estimate ``u.I + c`` (clamped) and ``prior`` fused by inverse variances."""
+    est = ((u * guide).sum(1, keepdim=True) + c).clamp(0, 1)
+    return (est * prec + prior / prior_var) / (prec + 1.0 / prior_var)
 
 
 def _inner_box_means(x, radii, halo):
@@ -315,53 +367,63 @@ def _inner_box_means(x, radii, halo):
     out = []
     for r in radii:
         lo, hi = halo - r, halo + r + 1
-        s = (sat[..., hi:hi + h, hi:hi + w] - sat[..., lo:lo + h, hi:hi + w]
-             - sat[..., hi:hi + h, lo:lo + w] + sat[..., lo:lo + h, lo:lo + w])
-        out.append(s / (2 * r + 1) ** 2 + shift)
+        cols = sat[..., lo:hi + h, hi:hi + w] - sat[..., lo:hi + h, lo:lo + w]
+        s = cols[..., 2 * r + 1:, :] - cols[..., :h, :]
+        out.append(s.mul_(1.0 / (2 * r + 1) ** 2).add_(shift))
     return out
 
 
 def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count=0.05,
-                             spread_weight=10.0, kappa=3e-3, lo=0.05, hi=0.95, subsample=1.0,
-                             halo=0):
-    """Alpha from the nearest confident foreground / background colours, at several radii.
+                             lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0):
+    """Alpha from the nearest confident foreground / background colour distributions.
 
-    For each radius ``k * scale`` px (``k`` in ``factors``) the means and variances of the
-    confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``) colours
-    are box-filtered; foreground and background statistics are each taken from the finest
-    radius where that side covers at least ``min_count`` of the window (so each side is as
-    local as its population allows). Alpha is the projection of the colour onto the local
-    F-B axis, blended with the prior by the separability confidence ``|F-B|^2 / (|F-B|^2 +
-    spread_weight (var_F + var_B) + kappa)`` (0 where a side has no samples at any radius).
+    For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
+    of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
+    pixels are box-filtered; foreground and background statistics are each taken from the
+    finest radius where that side covers at least ``min_count`` of the window (so each side is
+    as local as its population allows). Alpha is the Fisher-discriminant projection of the
+    colour (:func:`_lda_coeffs`), fused with the sharpened prior (:func:`_sharpen_prior`) by
+    inverse variances (the prior alone where a side has no samples at any radius).
 
     ``subsample > 1`` gathers the statistics at ``1/subsample`` size and upsamples them (cheap,
     less local); the projection is always at full size. ``halo > 0``: the inputs are
     ``[N, C, K, K]`` tile crops with that halo, and only the inner part is returned.
     """
-    model = dict(min_count=min_count, spread_weight=spread_weight, kappa=kappa)
     if halo > 0:
+        # Colours centred per crop keep the float32 second moments accurate (the projection
+        # is affine in the colour, so the centring cancels out).
+        guide = guide - guide.mean(dim=(-2, -1), keepdim=True)
         radii = [min(halo, max(1, round(k * scale))) for k in factors]
         means = _inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
-        return _project(inner(guide), inner(prior), *_fb_model(means, **model))
+        sharp = _sharpen_prior(prior, scale)
+        coeffs = _lda_coeffs(*_fb_model(means, min_count))
+        return _fuse(inner(guide), inner(sharp), *coeffs)
     h, w = guide.shape[-2:]
     if subsample > 1.0:
+        # Everything but the final projection at 1/subsample size (separable float32 box
+        # filters, a larger ridge against their rounding); upsample the linear coefficients
+        # and the blurred prior.
         small = (max(1, round(h / subsample)), max(1, round(w / subsample)))
         g, p = _resize(guide, small), _resize(prior, small)
-    else:
-        g, p = guide, prior
-    radii = [max(1, round(k * scale / subsample)) for k in factors]
-    chans = _fb_channels(g, p, lo, hi)
+        chans = _fb_channels(g, p, lo, hi)
+        means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
+        u, c, prec = _lda_coeffs(*_fb_model(means, min_count), eps=1e-5)
+        up = _resize(torch.cat([u, c, prec], 1), (h, w))
+        # The prior's blur at one working-size pixel, computed at the working size.
+        ws = (max(1, round(h / scale)), max(1, round(w / scale)))
+        blur = _resize(gaussian_like_blur(_resize(prior, ws), 1.0), (h, w))
+        sharp = (prior + _SHARPEN * (prior - blur)).clamp(0, 1)
+        return _fuse(guide, sharp, up[:, 0:3], up[:, 3:4], up[:, 4:5])
+    radii = [max(1, round(k * scale)) for k in factors]
+    chans = _fb_channels(guide, prior, lo, hi)
     pad = max(radii)
     # One summed-area table for all radii (float64: exact enough for a whole image).
     means = [m.to(chans.dtype) for m in
              _inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
-    bm, d, n2, conf = _fb_model(means, **model)
-    if subsample > 1.0:
-        up = _resize(torch.cat([bm, d, n2, conf], 1), (h, w))
-        bm, d, n2, conf = up[:, 0:3], up[:, 3:6], up[:, 6:7], up[:, 7:8].clamp(0, 1)
-    return _project(guide, prior, bm, d, n2, conf)
+    coeffs = _lda_coeffs(*_fb_model(means, min_count))
+    return _fuse(guide, _sharpen_prior(prior, scale), *coeffs)
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
@@ -370,7 +432,7 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     The tiles (with a halo of the largest radius, so the statistics are exact inside them)
     cover the thin band of a real matte: a few percent of a large image. If a feathered mask
     puts more than ``max_pixels`` px of tiles in the band, the statistics are gathered at the
-    working size at one radius (4 working px) instead: the previous cost and quality.
+    half the working size at one radius (4 working px) instead.
     """
     halo = max(1, round(max(_FB_FACTORS) * scale))
     tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
@@ -378,7 +440,7 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     if len(tiles) == 0:
         return prior
     if len(tiles) * (tile + 2 * halo) ** 2 > max_pixels:
-        return _multiscale_colour_alpha(guide, prior, scale, factors=(4,), subsample=scale)
+        return _multiscale_colour_alpha(guide, prior, scale, factors=(4,), subsample=2 * scale)
     crops = gather_tiles([guide, prior], tiles)
     alpha = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, halo=halo)
     return scatter_tiles(prior, tiles, F.pad(alpha, (halo, halo, halo, halo)))
@@ -426,15 +488,17 @@ def _conjugate_gradient(apply_a, rhs, x, iterations):
 
 
 def _band_matting(guide, alpha, band, scale, iterations, eps=1e-5, tile=32, halo=None,
-                  max_work=10 * 2 ** 21):
+                  max_work=10 * 2 ** 21, max_pixels=6 * 2 ** 20, data_weight=0.3):
     """Closed-form matting refinement of ``alpha`` on the band's tiles only.
 
     Each ``tile`` px cell touching the band is solved independently (one conjugate-gradient
     step size per tile) on a crop with a halo of ``3 r + 2`` px (``r`` the Laplacian radius):
-    outside the band the current alpha is a hard-ish constraint (weight 1), inside a weak one
-    (0.01), so neighbouring tiles agree where they meet (measured: a 16 px halo or 64 px
-    tiles change band SAD by < 1 %). A feathered mask whose band tiles would cost more than
-    ``max_work`` pixel-iterations gets proportionally fewer iterations (at least 2).
+    outside the band the current alpha is a hard-ish constraint (weight 1), inside a softer
+    one (``data_weight``), so neighbouring tiles agree where they meet (measured: a 16 px halo
+    or 64 px tiles change band SAD by < 1 %). Band tiles that would cost more than ``max_work``
+    pixel-iterations get proportionally fewer iterations (at least 2). Beyond ``max_pixels``
+    of tiles (a feathered mask: soft over most of the image, no thin edge for a matting solve
+    to sharpen, and ~7 s of Laplacian set-up at 2K) ``alpha`` is returned as it is.
     """
     r = max(1, round(scale))
     halo = 3 * r + 2 if halo is None else halo
@@ -442,10 +506,12 @@ def _band_matting(guide, alpha, band, scale, iterations, eps=1e-5, tile=32, halo
     if len(tiles) == 0:
         return alpha
     pixels = len(tiles) * (tile + 2 * halo) ** 2
+    if pixels > max_pixels:
+        return alpha
     iterations = min(iterations, max(2, max_work // pixels))
     crops = gather_tiles([guide, alpha, band], tiles)
     g, a0, b = crops[:, :3], crops[:, 3:4], crops[:, 4:5]
-    weight = (1.0 - b) + 0.01 * b
+    weight = (1.0 - b) + data_weight * b
     lap = _matting_laplacian(g, r, eps)
     sol = _conjugate_gradient(lambda p: lap(p) + weight * p, weight * a0, a0, iterations)
     return scatter_tiles(alpha, tiles, sol.clamp(0, 1))
@@ -458,12 +524,14 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     Acts only where it can help: if the image is not larger than ``working_size`` (scale
     <= 1) the mask is returned unchanged; otherwise only the uncertain band (0.1 < mask < 0.9 at
     the working size, widened by one working-size pixel) changes. ``"guided"``: a local
-    colour model (alpha from the nearest confident foreground / background colour statistics
-    at 2, 3, 4 and 6 working-size pixels, computed at full resolution on the band's tiles, with
-    a separability confidence) followed by a fast guided filter (coefficients at the working size).
-    ``"matting"``: the colour model followed by ``iterations`` conjugate-gradient steps of
-    closed-form matting (matrix-free Laplacian through box filters) on the band's tiles,
-    constrained outside a narrower band (0.2 < mask < 0.8): better edges, ~2x slower.
+    colour model (a Fisher-discriminant projection between the colour distributions, means
+    and covariances, of the nearest confident foreground / background pixels at 2 and 6
+    working-size pixels, computed at full resolution on the band's tiles), fused by inverse
+    variances with the mask sharpened against its resampling blur, then a fast guided filter
+    (coefficients at the working size). ``"matting"``: the same, then ``iterations``
+    conjugate-gradient steps of closed-form matting (matrix-free Laplacian through box
+    filters) on the band's tiles with the guided result as a soft data term: cleaner edges
+    on flat backgrounds, slower.
 
     Args:
         mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, 1 = foreground, already at image size
@@ -497,26 +565,24 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     if mode == "none" or scale <= 1.0:
         return mask
     prior = m4.clamp(0, 1)
-    # The uncertain band (lo < prior < 1 - lo at the working size), widened by about one
+    # The uncertain band (0.1 < prior < 0.9 at the working size), widened by about one
     # working-size pixel. In the band's tails the prior is worth more than the colour model
-    # on a textured subject over a similar background, so the band is narrow: `guided` with
-    # 0.01 -> 0.1 is better everywhere (lemur 256 / 384 over a photo 0.83 / 0.91x -> 0.81 /
-    # 0.86x bilinear band SAD); the matting solve (its Laplacian smooths across the fur's
-    # texture) wants 0.2 (photo 0.90 / 1.05x -> 0.69 / 0.81x; flat magenta 0.29 / 0.35x ->
-    # 0.31 / 0.40x).
-    lo = 0.1 if mode == "guided" else 0.2
+    # on a textured subject over a similar background, so the band is narrow.
+    lo = 0.1
     small = (max(1, round(h / scale)), max(1, round(w / scale)))
     p_small = _resize(prior, small)
     uncertain = ((p_small > lo) & (p_small < 1 - lo)).to(prior.dtype)
     band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
     alpha = _band_colour_alpha(g4, prior, band, scale)
-    if mode == "guided":
-        radius = max(1, round(3 * scale))
-        alpha = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale).clamp(0, 1)
-    else:
+    radius = max(1, round(2 * scale))
+    smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale)
+    if not bool(torch.isfinite(smooth).all()):
+        # A near-singular window (flat colour, float32 cancellation) gives a non-finite
+        # coefficient, which the summed-area tables would spread: regularise more.
+        smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale)
+    alpha = torch.where(torch.isfinite(smooth), smooth, alpha).clamp(0, 1)
+    if mode == "matting":
         alpha = _band_matting(g4, alpha, band, scale, iterations)
-    # A near-singular guided-filter window (flat colour, float32 cancellation) can give a
-    # non-finite value: keep the prior there.
     alpha = torch.where(torch.isfinite(alpha), alpha, prior)
     return back(band * alpha + (1 - band) * prior)
 

@@ -111,13 +111,15 @@ def test_errors_are_clear(bad, match):
         bad()
 
 
-# Band-SAD ratio to bilinear measured on the 340 px lemur (RESULTS_refine.md) plus ~3 % slack:
-# working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size (same scale factor).
+# Band-SAD ratio to bilinear measured on the 340 px lemur (RESULTS_refine.md) plus ~3 % slack
+# (at least 0.005): working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size
+# (same scale factor). Measured: guided 0.070 / 0.480 (128), 0.110 / 0.513 (192); matting
+# 0.067 / 0.490 (128), 0.102 / 0.530 (192) (magenta / beach).
 QUALITY_LIMITS = {
-    ("guided", 128, "magenta"): 0.42, ("guided", 128, "beach"): 0.88,
-    ("guided", 192, "magenta"): 0.40, ("guided", 192, "beach"): 0.94,
-    ("matting", 128, "magenta"): 0.36, ("matting", 128, "beach"): 0.72,
-    ("matting", 192, "magenta"): 0.32, ("matting", 192, "beach"): 0.73,
+    ("guided", 128, "magenta"): 0.075, ("guided", 128, "beach"): 0.495,
+    ("guided", 192, "magenta"): 0.115, ("guided", 192, "beach"): 0.53,
+    ("matting", 128, "magenta"): 0.072, ("matting", 128, "beach"): 0.505,
+    ("matting", 192, "magenta"): 0.107, ("matting", 192, "beach"): 0.545,
 }
 
 
@@ -128,8 +130,7 @@ def test_quality_small(matting_dir):
     cases = load_cases(matting_dir, lemur_size=340)
     a, f, _, bgs = cases["lemur"]
     band = band_of(a)
-    # Large-image case: the issue's target is <= 0.6x bilinear; met on the saturated
-    # background, not on the photo (white fur over white surf), where it must not hurt.
+    # Large-image case: the issue's target is <= 0.6x bilinear on every background.
     ratios = {}
     for mode, ws, name in QUALITY_LIMITS:
         ad = degrade(a, ws)
@@ -138,6 +139,7 @@ def test_quality_small(matting_dir):
         ratios[mode, ws, name] = (alpha_metrics(out, a, band)["sad_band"] /
                                   alpha_metrics(ad, a, band)["sad_band"])
     assert all(ratios[k] <= v for k, v in QUALITY_LIMITS.items()), ratios
+    assert max(ratios.values()) <= 0.6, ratios
     # Not-downscaled case: never worse than bilinear by more than 5 % (it is the identity).
     for name, (a, f, _, bgs) in cases.items():
         ad = degrade(a, 512)
@@ -162,3 +164,16 @@ def test_band_tiles_match_whole_image_colour_model():
     inner[..., :12, :] = inner[..., -12:, :] = inner[..., :, :12] = inner[..., :, -12:] = False
     assert torch.allclose(tiled[inner], whole[inner], atol=1e-4)
     assert (tiled - m)[inner].abs().max() > 0.05  # it does act in the band
+
+
+def test_matting_leaves_a_feathered_mask_to_the_guided_result():
+    """A band over most of the image has no thin edge to solve for: beyond the pixel budget the
+    matting step returns its input (bounded time), below it the solve changes the band."""
+    torch.manual_seed(0)
+    guide = torch.rand(1, 3, 96, 96)
+    alpha = F.interpolate(torch.rand(1, 1, 6, 6), size=(96, 96), mode="bilinear")
+    band = torch.ones_like(alpha)
+    skipped = R._band_matting(guide, alpha, band, 2.0, 10, max_pixels=1000)
+    assert torch.equal(skipped, alpha)
+    solved = R._band_matting(guide, alpha, band, 2.0, 10)
+    assert (solved - alpha).abs().max() > 1e-3
