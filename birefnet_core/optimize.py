@@ -21,7 +21,9 @@ fixtures, see ``tests/test_optimize.py``).
   before the (affine-commuting) bilinear upsampling and a single-channel convolution of the
   image that composes ``ipt_blk1``'s two convolutions with it (see :class:`Decoder`).
 - ``fast_backbone``: the Swin stages use one cached gather for pad + shift + window partition,
-  order the shift-masked windows last and run 4-D fused ``scaled_dot_product_attention``
+  order the shift-masked windows last and run 4-D fused ``scaled_dot_product_attention``; the
+  linear layers run with their bias, GELU and residual add fused into the GEMM
+  (:func:`birefnet_core.ops.linear`), ``proj`` on the real tokens only, the MLP in row chunks
   (see :mod:`birefnet_core.model.swin`). PVT backbones are unchanged.
 """
 

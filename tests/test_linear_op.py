@@ -92,3 +92,13 @@ def test_the_fused_call_does_no_host_side_work():
         linear(x, w, b, gelu=True)
     counts = {e.key: e.count for e in prof.key_averages()}
     assert "aten::item" not in counts, counts
+
+
+def test_autocast_keeps_the_residual_stream_in_float32():
+    x, w, b, r = _data()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear(x, w, b, residual=r)
+        hidden = linear(x, w, b, gelu=True)
+    assert out.dtype == torch.float32  # as ``r + F.linear(...)`` under autocast
+    assert hidden.dtype == torch.bfloat16
+    torch.testing.assert_close(out, r + F.linear(x, w, b), rtol=0, atol=0.1)

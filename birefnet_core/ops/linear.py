@@ -67,4 +67,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = F.linear(x, weight, bias)
     if gelu:
         return F.gelu(y)
-    return y if residual is None else y.add_(residual)
+    if residual is None:
+        return y
+    # Under autocast ``y`` is reduced precision: the residual stream keeps its own (wider)
+    # dtype, as ``residual + y`` does in the exact model.
+    return y.add_(residual) if y.dtype == residual.dtype else residual + y
