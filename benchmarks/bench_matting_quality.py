@@ -75,7 +75,7 @@ def foreground_table(cases):
                   f"| {e_bf:.2e} |")
 
 
-def timing_table(repeats=3):
+def timing_table(repeats=5):
     print("\n## Timings (best of %d), seconds" % repeats)
     torch.manual_seed(0)
     rows = []

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .filters import band_tiles, box_filter, gather_tiles, scatter_tiles
+from .filters import Tiles, band_tiles, box_filter, gather_tiles
 from .refine import as_mask4d, match_mask_to_image
 
 __all__ = [
@@ -136,6 +136,26 @@ def _multilevel_level(image, alpha, fg, bg, iterations, regularization, gradient
     return fg, bg
 
 
+def _window_sum(x, n, dim):
+    """Sums of ``n`` consecutive entries along ``dim`` over the windows fully inside ``x``.
+
+    Built from power-of-two partial sums (``log2 n`` adds plus one per set bit of ``n``):
+    no cumulative sum, so no cancellation and no centring needed in float32.
+    """
+    m = x.shape[dim] - n + 1
+    out, off, s, length = None, 0, x, 1
+    while True:
+        if n & length:
+            part = s.narrow(dim, off, m)
+            out = part.clone() if out is None else out.add_(part)
+            off += length
+        if 2 * length > n:
+            return out
+        k = s.shape[dim] - length
+        s = s.narrow(dim, 0, k) + s.narrow(dim, length, k)
+        length *= 2
+
+
 def _local_fb_passes(image, alpha, fg, bg, radii, noise):
     """Refine F and B with local colour statistics and the compositing constraint, per pixel.
 
@@ -144,26 +164,110 @@ def _local_fb_passes(image, alpha, fg, bg, radii, noise):
     ``vF`` (``vB``) as its uncertainty, and takes the least-squares update that explains the
     observed colour: with ``e = I - a Fm - (1-a) Bm`` and ``S = a^2 vF + (1-a)^2 vB + noise``,
     ``F = Fm + a vF e / S`` and ``B = Bm + (1-a) vB e / S``. Radii go from coarse to fine.
+
+    Inputs are ``[N, C, k, k]`` crops; each pass computes only the windows that lie fully
+    inside its input ("valid" box means), so the outputs are ``k - 2 sum(radii)`` px wide: the
+    exact results for a crop's centre when its halo is ``sum(radii)`` px.
     """
-    wf, wb = alpha, 1 - alpha
     for r in radii:
-        f2 = (fg * fg).sum(1, keepdim=True)
-        b2 = (bg * bg).sum(1, keepdim=True)
-        m = box_filter(torch.cat([wf, wf * fg, wb * bg, wf * f2, wb * b2], 1), r)
-        mean_a = m[:, 0:1].clamp(0, 1)
-        nf, nb = mean_a + 1e-6, (1 - mean_a) + 1e-6  # the box mean of 1 - a is 1 - mean(a)
-        fm, bm = m[:, 1:4] / nf, m[:, 4:7] / nb
-        vf = (m[:, 7:8] / nf - (fm * fm).sum(1, keepdim=True)).clamp(min=0) / 3 + 1e-4
-        vb = (m[:, 8:9] / nb - (bm * bm).sum(1, keepdim=True)).clamp(min=0) / 3 + 1e-4
-        e = image - alpha * fm - (1 - alpha) * bm
-        inv_s = 1.0 / (alpha * alpha * vf + (1 - alpha) ** 2 * vb + noise)
-        fg = (fm + (alpha * vf * inv_s) * e).clamp(0, 1)
-        bg = (bm + ((1 - alpha) * vb * inv_s) * e).clamp(0, 1)
+        n, c = fg.shape[0], 2 * r + 1
+        h, w = fg.shape[-2:]
+        stats = fg.new_empty(n, 9, h, w)
+        wb = 1 - alpha
+        stats[:, 0:1] = alpha
+        torch.mul(fg, alpha, out=stats[:, 1:4])
+        torch.mul(bg, wb, out=stats[:, 4:7])
+        torch.mul((fg * fg).sum(1, keepdim=True), alpha, out=stats[:, 7:8])
+        torch.mul((bg * bg).sum(1, keepdim=True), wb, out=stats[:, 8:9])
+        m = _window_sum(_window_sum(stats, c, -1), c, -2).mul_(1.0 / (c * c))
+        crop = (Ellipsis, slice(r, h - r), slice(r, w - r))
+        image, alpha = image[crop], alpha[crop]
+        mean_a = m[:, 0:1].clamp_(0, 1)
+        inv_nf, inv_nb = (mean_a + 1e-6).reciprocal(), (1 + 1e-6 - mean_a).reciprocal()
+        # Weighted means, with the pixel's current estimate as a 1e-6-weight prior (it stands
+        # where the window has no weight at all); the box mean of 1 - a is 1 - mean(a).
+        fm = m[:, 1:4].add_(fg[crop], alpha=1e-6).mul_(inv_nf)
+        bm = m[:, 4:7].add_(bg[crop], alpha=1e-6).mul_(inv_nb)
+        vf = m[:, 7:8].mul_(inv_nf).sub_((fm * fm).sum(1, keepdim=True)).clamp_(min=0)
+        vb = m[:, 8:9].mul_(inv_nb).sub_((bm * bm).sum(1, keepdim=True)).clamp_(min=0)
+        vf.mul_(1 / 3).add_(1e-4)
+        vb.mul_(1 / 3).add_(1e-4)
+        wb = 1 - alpha
+        e = image - bm
+        e.addcmul_(alpha, fm - bm, value=-1)  # I - a Fm - (1 - a) Bm
+        inv_s = (alpha * alpha * vf).addcmul_(wb * wb, vb).add_(noise).reciprocal_()
+        fg = torch.addcmul(fm, (alpha * vf).mul_(inv_s), e).clamp_(0, 1)
+        bg = torch.addcmul(bm, (wb * vb).mul_(inv_s), e).clamp_(0, 1)
     return fg, bg
 
 
 def _level_size(h, w, s):
     return (max(1, round(h * s)), max(1, round(w * s)))
+
+
+def _upsample_and_correct(image, alpha, fg_s, bg_s, final_weight, chunk_pixels=1 << 16):
+    """Bilinearly upsample the coarse ``(F, B)`` to full size and apply the closed-form update.
+
+    ``dF = a e / (w + a^2 + (1-a)^2)``, ``dB = (1-a) e / (...)`` with ``e = I - a F - (1-a) B``,
+    then clamped to 0..1. Works on row chunks (the vertical half of the bilinear upsampling is
+    done per chunk) so every temporary stays small and in cache; only the two outputs are
+    full-size allocations.
+    """
+    B, _, H, W = image.shape
+    h = fg_s.shape[-2]
+    # Horizontal half at the coarse height (the vertical scale 1 leaves rows untouched), both
+    # estimates at once; then per output row: lerp between two source rows, as F.interpolate
+    # with align_corners=False computes them.
+    hs = F.interpolate(torch.cat([fg_s, bg_s], 1), size=(h, W), mode="bilinear",
+                       align_corners=False)
+    src = ((torch.arange(H, device=image.device, dtype=torch.float64) + 0.5) * (h / H)
+           - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=h - 1)
+    i1 = (i0 + 1).clamp(max=h - 1)
+    lam = (src - i0).to(image.dtype).view(H, 1)
+    fg = image.new_empty(B, 3, H, W)
+    bg = image.new_empty(B, 3, H, W)
+    rows = max(1, chunk_pixels // W)
+    for y0 in range(0, H, rows):
+        y1 = min(H, y0 + rows)
+        top = hs.index_select(2, i0[y0:y1])
+        fb = top.lerp_(hs.index_select(2, i1[y0:y1]), lam[y0:y1])
+        f, b = fb[:, :3], fb[:, 3:]
+        a = alpha[:, :, y0:y1]
+        e = image[:, :, y0:y1] - b
+        e.addcmul_(a, f - b, value=-1)  # I - a F - (1 - a) B
+        wa = 1 - a
+        inv = (a * a).addcmul_(wa, wa).add_(final_weight).reciprocal_()
+        e.mul_(inv)
+        torch.addcmul(f, a, e, out=fg[:, :, y0:y1]).clamp_(0, 1)
+        torch.addcmul(b, wa, e, out=bg[:, :, y0:y1]).clamp_(0, 1)
+    return fg, bg
+
+
+def _band_passes_inplace(image, alpha, fg, bg, tiles, radii, noise, batch_pixels=1 << 16):
+    """Run :func:`_local_fb_passes` on the band's tiles and write their centres into ``fg``/``bg``.
+
+    Tiles are gathered and solved a few at a time (small, cache-resident temporaries); all
+    results are written back at the end, so every tile sees the same (pre-pass) halo.
+    """
+    t, hl = tiles.tile, tiles.halo
+    k = t + 2 * hl
+    per = max(1, batch_pixels // (k * k))
+    n = len(tiles)
+    res = fg.new_empty(n, 6, t, t)
+    for s0 in range(0, n, per):
+        sl = slice(s0, min(n, s0 + per))
+        sub = Tiles(tiles.frame[sl], tiles.y[sl], tiles.x[sl], t, hl, tiles.size)
+        st = gather_tiles([image, alpha, fg, bg], sub)
+        f_t, b_t = _local_fb_passes(st[:, 0:3], st[:, 3:4], st[:, 4:7], st[:, 7:10], radii,
+                                    noise)
+        res[sl, 0:3] = f_t
+        res[sl, 3:6] = b_t
+    h, w = tiles.size
+    for i, (f, y, c) in enumerate(zip(tiles.frame.tolist(), tiles.y.tolist(), tiles.x.tolist())):
+        th, tw = min(t, h - y), min(t, w - c)
+        fg[f, :, y:y + th, c:c + tw] = res[i, 0:3, :th, :tw]
+        bg[f, :, y:y + th, c:c + tw] = res[i, 3:6, :th, :tw]
 
 
 def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = "multilevel",
@@ -183,7 +287,9 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
     means with their variances as uncertainty, corrected to explain ``I``), coarse to fine.
     The passes are skipped when the band's tiles cover more than ``max_band_fraction`` of the
     image (a heavily feathered mask), to bound the cost. Outside the band the full-size
-    work is a handful of elementwise operations. ``"blur_fusion"``: the
+    work is a handful of elementwise operations, done in row chunks together with the
+    upsampling (:func:`_upsample_and_correct`: no full-size temporaries besides the two
+    outputs, which the band passes then update in place). ``"blur_fusion"``: the
     two-pass reference (:func:`blur_fusion_foreground`).
 
     Args:
@@ -224,11 +330,7 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
         iters = 10 if max(size) <= 32 else 3
         fg, bg = _multilevel_level(img_l, a_l, fg, bg, iters, regularization, gradient_weight)
     if tuple(fg.shape[-2:]) != (H, W):
-        fg, bg = _resize(fg, (H, W)), _resize(bg, (H, W))
-        e = image - alpha * fg - (1 - alpha) * bg
-        denom = final_weight + alpha * alpha + (1 - alpha) ** 2
-        fg = (fg + alpha * e / denom).clamp(0, 1)
-        bg = (bg + (1 - alpha) * e / denom).clamp(0, 1)
+        fg, bg = _upsample_and_correct(image, alpha, fg, bg, final_weight)
     if local_radii:
         # Full-resolution passes in the band only (where 0 < a < 1): gather the tiles that
         # touch it with a halo wide enough for every pass, so the result is exact there.
@@ -239,10 +341,8 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
         # (small images are always cheap enough.)
         covered = len(tiles) * tile * tile
         if len(tiles) and covered <= max(max_band_fraction * alpha.shape[0] * H * W, 2 ** 18):
-            stacked = gather_tiles([image, alpha, fg, bg], tiles)
-            f_t, b_t = _local_fb_passes(stacked[:, 0:3], stacked[:, 3:4], stacked[:, 4:7],
-                                        stacked[:, 7:10], local_radii, local_noise)
-            fg, bg = scatter_tiles(fg, tiles, f_t), scatter_tiles(bg, tiles, b_t)
+            _band_passes_inplace(image, alpha, fg, bg, tiles, tuple(int(r) for r in local_radii),
+                                 local_noise)
     return fg, bg
 
 

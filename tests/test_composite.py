@@ -98,3 +98,71 @@ def test_foreground_quality_small(matting_dir):
             e_ref = composite_error(ref, f, a, new_bg, band)
             e_est = composite_error(est, f, a, new_bg, band)
             assert e_est <= 0.5 * e_ref, (name, src, e_est / e_ref)
+
+
+def _clipped_local_passes(image, alpha, fg, bg, radii, noise):
+    """Plain reference for ``_local_fb_passes``: clipped box means over the whole crop."""
+    from birefnet_core.filters import box_filter
+
+    for r in radii:
+        f2, b2 = (fg * fg).sum(1, keepdim=True), (bg * bg).sum(1, keepdim=True)
+        m = box_filter(torch.cat([alpha, alpha * fg, (1 - alpha) * bg, alpha * f2,
+                                  (1 - alpha) * b2], 1), r)
+        mean_a = m[:, 0:1].clamp(0, 1)
+        nf, nb = mean_a + 1e-6, 1 - mean_a + 1e-6
+        fm, bm = m[:, 1:4] / nf, m[:, 4:7] / nb
+        vf = (m[:, 7:8] / nf - (fm * fm).sum(1, keepdim=True)).clamp(min=0) / 3 + 1e-4
+        vb = (m[:, 8:9] / nb - (bm * bm).sum(1, keepdim=True)).clamp(min=0) / 3 + 1e-4
+        e = image - alpha * fm - (1 - alpha) * bm
+        inv_s = 1 / (alpha * alpha * vf + (1 - alpha) ** 2 * vb + noise)
+        fg = (fm + alpha * vf * inv_s * e).clamp(0, 1)
+        bg = (bm + (1 - alpha) * vb * inv_s * e).clamp(0, 1)
+    return fg, bg
+
+
+@pytest.mark.parametrize("radii", [(4, 2), (3,), (1, 2, 5)])
+def test_local_passes_valid_windows_match_clipped_reference(radii):
+    """The passes compute only full windows: exact for the crop's centre (halo = sum(radii))."""
+    torch.manual_seed(1)
+    x = torch.rand(3, 10, 40, 40, dtype=torch.float64)
+    x[:, 3:4] = 0.05 + 0.9 * x[:, 3:4]  # every window has weight on both sides
+    args = (x[:, 0:3], x[:, 3:4], x[:, 4:7], x[:, 7:10], radii, 1e-5)
+    fg, bg = C._local_fb_passes(*args)
+    hl = sum(radii)
+    ref_f, ref_b = _clipped_local_passes(*args)
+    assert fg.shape == (3, 3, 40 - 2 * hl, 40 - 2 * hl)
+    assert torch.allclose(fg, ref_f[..., hl:-hl, hl:-hl], atol=1e-4)
+    assert torch.allclose(bg, ref_b[..., hl:-hl, hl:-hl], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 1), (130, 96)])
+def test_chunked_upsample_and_correct_matches_full_size_formula(size):
+    torch.manual_seed(2)
+    H, W = size
+    image, alpha = torch.rand(2, 3, H, W), torch.rand(2, 1, H, W)
+    fg_s, bg_s = torch.rand(2, 3, 9, 7), torch.rand(2, 3, 9, 7)
+    fg, bg = C._upsample_and_correct(image, alpha, fg_s, bg_s, 0.05, chunk_pixels=300)
+    up = lambda t: torch.nn.functional.interpolate(t, size=size, mode="bilinear",  # noqa: E731
+                                                   align_corners=False)
+    f, b = up(fg_s), up(bg_s)
+    e = image - alpha * f - (1 - alpha) * b
+    denom = 0.05 + alpha * alpha + (1 - alpha) ** 2
+    assert torch.allclose(fg, (f + alpha * e / denom).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(bg, (b + (1 - alpha) * e / denom).clamp(0, 1), atol=1e-5)
+
+
+def test_estimate_foreground_batch_and_memory_layout():
+    """Frames are independent (thin bands) and a channels-last image gives the same result."""
+    torch.manual_seed(3)
+    H, W = 300, 420
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    dist = ((yy - H / 2) ** 2 + (xx - W / 2) ** 2).sqrt()
+    a = torch.stack([((r - dist) / 3).clamp(0, 1) for r in (90, 120)])[:, None]
+    img = torch.rand(2, 3, H, W)
+    fg, bg = C.estimate_foreground(img, a)
+    for i in range(2):
+        f1, b1 = C.estimate_foreground(img[i:i + 1], a[i:i + 1])
+        assert torch.allclose(fg[i:i + 1], f1, atol=1e-6) and torch.allclose(bg[i:i + 1], b1,
+                                                                             atol=1e-6)
+    f_cl, b_cl = C.estimate_foreground(img.contiguous(memory_format=torch.channels_last), a)
+    assert torch.allclose(fg, f_cl, atol=1e-6) and torch.allclose(bg, b_cl, atol=1e-6)
