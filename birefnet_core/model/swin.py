@@ -11,15 +11,16 @@ shift mask per padded size. ``relative_position_index`` stays a persistent buffe
 in the published files; :meth:`SwinTransformer.reset_static` recomputes it after loading.
 
 ``fast`` (set on every stage by :func:`birefnet_core.optimize.optimize_for_inference`) computes
-the same function with fewer memory passes and fewer rows: pad, cyclic shift and window
-partition become one gather with a cached index (and the merge one gather back), windows are
-ordered so the ones a shift mask touches come last, and attention runs as 4-D
-``scaled_dot_product_attention`` calls (the fused CPU kernel; the 5-D exact call falls back to
-the unfused math path) with the mask added only for those trailing windows. ``proj`` runs after
-the gather back, on the real tokens only (padding is 27 % of the stage-3 rows at 1024²), and the
-linear layers fuse their bias, GELU and residual adds (:func:`birefnet_core.ops.linear`).
-(``qkv`` before the gather would skip the padding rows too, but gathering the 3x wider result
-into a fresh buffer costs more than the rows it saves on the CPU.)
+the same function with fewer memory passes and fewer rows. Pad, cyclic shift and window
+partition become a cached gather index, with the windows a shift mask touches ordered last.
+Attention runs a group of windows at a time (each token is in exactly one window): gather the
+group's tokens, normalise, ``qkv``, 4-D ``scaled_dot_product_attention`` (the fused CPU kernel;
+the exact 5-D call falls back to the unfused math path) with the mask added only for the masked
+windows, then ``x + proj(...)`` on the real tokens only (padding is 27 % of the stage-3 rows at
+1024²), written straight to their positions. The MLP runs in row chunks over the residual. So
+no full-size ``qkv``, window-ordered copy or 4x-wide hidden activation is ever allocated (on
+the CPU each such buffer is a fresh, page-faulted mapping), and the linear layers fuse their
+bias, GELU and residual adds (:func:`birefnet_core.ops.linear`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..variants import BackboneSpec
 
 _MASK_VALUE = -100.0  # what the published weights were trained with, not -inf
 _MLP_CHUNK = 3 * 2**20  # hidden-activation elements per MLP chunk in the fast path
+_ATTN_CHUNK = 2**20  # token-activation elements (rows x channels) per window group
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -74,28 +76,18 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device=None) -> torch.
     return torch.zeros(diff.shape, device=device).masked_fill_(diff, _MASK_VALUE)
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x.index_select(1, index)`` for ``[B, L, C]`` tokens, as a row gather of the flattened
-    batch (the CPU kernel copies whole rows along dim 0, ~3x faster than along dim 1)."""
-    b, n = x.shape[:2]
-    if b > 1:
-        index = (torch.arange(b, device=index.device)[:, None] * n + index).flatten()
-    return x.reshape(b * n, -1).index_select(0, index).view(b, -1, x.shape[-1])
-
-
 @dataclass(frozen=True)
 class _WindowPlan:
     """Where each window token of one block kind (shifted or not) comes from, for one size.
 
     ``gather``: ``[nW * N]`` token index per window position (windows in plan order, padding
-    pointing at token 0), ``padding``: the padding positions, or None; ``scatter``: ``[H * W]``
-    position of every token in that order; windows ``[0, n_plain)`` need no shift mask,
-    ``mask`` (``[nW - n_plain, 1, N, N]``) is the one of the others.
+    pointing at token 0); ``padded``: ``[nW * N]`` bool, True at the padding positions, or
+    None; windows ``[0, n_plain)`` need no shift mask, ``mask`` (``[nW - n_plain, 1, N, N]``)
+    is the one of the others.
     """
 
     gather: torch.Tensor
-    padding: torch.Tensor | None
-    scatter: torch.Tensor
+    padded: torch.Tensor | None
     n_plain: int
     mask: torch.Tensor | None
 
@@ -118,12 +110,9 @@ def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _Window
     source = source[order].flatten()
     n_plain = int((~masked).sum())
     padded = source < 0
-    scatter = torch.empty(h * w, dtype=torch.long)
-    scatter[source[~padded]] = torch.nonzero(~padded)[:, 0]
     return _WindowPlan(
         gather=source.clamp(min=0).to(device),
-        padding=torch.nonzero(padded)[:, 0].to(device) if padded.any() else None,
-        scatter=scatter.to(device),
+        padded=padded.to(device) if padded.any() else None,
         n_plain=n_plain,
         mask=None if mask is None or n_plain == len(order) else
         mask[order[n_plain:], None].to(device),
@@ -168,29 +157,6 @@ class WindowAttention(nn.Module):
             bias = bias + mask.to(q.dtype)[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
-
-    def attend_windows(self, qkv: torch.Tensor, n_plain: int,
-                       mask: torch.Tensor | None) -> torch.Tensor:
-        """Fast path, between the projections. ``qkv``: ``[B, nW, N, 3C]`` (``self.qkv`` of the
-        windowed tokens) with the ``n_plain`` unmasked windows first and ``mask``
-        (``[nW - n_plain, 1, N, N]``) for the rest; returns the heads' outputs
-        ``[B, nW, N, C]`` (``proj`` is per token: apply it after un-windowing)."""
-        b, nw, n, c3 = qkv.shape
-        heads = self.num_heads
-        qkv = qkv.view(b, nw, n, 3, heads, c3 // (3 * heads))
-        c = c3 // 3
-        bias = self.relative_bias(qkv.dtype)[None]  # [1, heads, N, N]
-        parts = [(0, n_plain, bias)]
-        if n_plain < nw:
-            parts.append((n_plain, nw, bias + mask.to(qkv.dtype)))
-        parts = [part for part in parts if part[1] > part[0]]
-        if b == 1 and len(parts) == 1:
-            return self._sdpa(qkv[0], parts[0][2]).view(b, nw, n, c)  # [nW, N, heads, d] rows
-        out = torch.empty(b, nw, n, c, dtype=qkv.dtype, device=qkv.device)
-        for i in range(b):
-            for start, stop, attn_mask in parts:
-                out[i, start:stop] = self._sdpa(qkv[i, start:stop], attn_mask)
-        return out
 
     @staticmethod
     def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -243,19 +209,53 @@ class SwinBlock(nn.Module):
 
     def forward_fast(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
         """Same as :meth:`forward`, with the padded, shifted window layout given by ``plan``;
-        the projections and the MLP run as fused linear ops (bias, GELU and residual adds in the
-        GEMM where the CPU library can, see :func:`birefnet_core.ops.linear`)."""
-        b, _, c = x.shape
+        attention and MLP run in cache-sized groups of windows / rows, and the linear layers
+        as fused ops (bias, GELU and residual adds in the GEMM where the CPU library can, see
+        :func:`birefnet_core.ops.linear`)."""
+        return self._mlp_in_place(self._attention_chunked(x, plan))
+
+    def _attention_chunked(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
+        """``x + attention(norm1(x))`` as a new tensor, computed a group of windows at a time.
+
+        Each group gathers its tokens' rows, normalises them (zeroing the padding positions,
+        as trained), projects, attends, and writes ``x + proj(...)`` of its real tokens straight
+        to their positions: every token is in exactly one window, so the groups are
+        independent, and no full-size ``qkv`` (up to 160 MB at stage 1 of a 1024² image,
+        page-faulted on every allocation) or window-ordered copy is materialised.
+        """
+        b, length, c = x.shape
         n = self.window * self.window
         attn = self.attn
-        y = _rows(self.norm1(x), plan.gather)
-        if plan.padding is not None:
-            y.index_fill_(1, plan.padding, 0.0)  # zeros after the norm, as trained
-        qkv = linear(y, attn.qkv.weight, attn.qkv.bias)
-        y = attn.attend_windows(qkv.view(b, -1, n, 3 * c), plan.n_plain, plan.mask)
-        y = _rows(y.view(b, -1, c), plan.scatter)
-        x = linear(y, attn.proj.weight, attn.proj.bias, residual=x)
-        return self._mlp_in_place(x)
+        heads = attn.num_heads
+        rows_x = x.reshape(b * length, c)
+        out = torch.empty_like(rows_x)
+        bias = attn.relative_bias(x.dtype)[None]  # [1, heads, N, N]
+        masked = None if plan.mask is None else bias + plan.mask.to(x.dtype)
+        n_windows = plan.gather.numel() // n
+        step = max(1, _ATTN_CHUNK // (n * c))
+        parts = ((0, plan.n_plain, bias), (plan.n_plain, n_windows, masked))
+        for i in range(b):
+            for lo, hi, part_bias in parts:
+                for w0 in range(lo, hi, step):
+                    w1 = min(hi, w0 + step)
+                    rows = plan.gather[w0 * n:w1 * n]
+                    if i:
+                        rows = rows + i * length
+                    xg = rows_x.index_select(0, rows)
+                    y = self.norm1(xg)
+                    pad = None if plan.padded is None else plan.padded[w0 * n:w1 * n]
+                    if pad is not None:
+                        y.masked_fill_(pad[:, None], 0.0)  # zeros after the norm, as trained
+                    qkv = linear(y, attn.qkv.weight, attn.qkv.bias)
+                    qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
+                    mask = part_bias if part_bias is bias else part_bias[w0 - lo:w1 - lo]
+                    o = attn._sdpa(qkv, mask).view(-1, c)
+                    if pad is not None and bool(pad.any()):
+                        keep = torch.nonzero(~pad)[:, 0]
+                        o, xg, rows = o.index_select(0, keep), xg.index_select(0, keep), rows[keep]
+                    out.index_copy_(0, rows, linear(o, attn.proj.weight, attn.proj.bias,
+                                                    residual=xg))
+        return out.view(b, length, c)
 
     def _mlp_in_place(self, x: torch.Tensor) -> torch.Tensor:
         """``x + mlp(norm2(x))`` written over ``x`` (a tensor this block owns), in row chunks.
