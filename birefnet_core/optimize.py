@@ -19,7 +19,8 @@ fixtures, see ``tests/test_optimize.py``).
 - ``fast_head``: the decoder's full-size head runs without its full-size concatenation and
   upsampling of ``c1 // 2`` channels: ``conv_out1`` is split into a 1x1 conv on ``p1`` applied
   before the (affine-commuting) bilinear upsampling and a single-channel convolution of the
-  image that composes ``ipt_blk1``'s two convolutions with it (see :class:`Decoder`).
+  image that composes ``ipt_blk1``'s two convolutions with it, and every level's ``conv_in``
+  is split so that the image features are added, not concatenated (see :class:`Decoder`).
 - ``fast_backbone``: the Swin stages use one cached gather for pad + shift + window partition,
   order the shift-masked windows last and run 4-D fused ``scaled_dot_product_attention``; the
   linear layers run with their bias, GELU and residual add fused into the GEMM
@@ -161,6 +162,29 @@ def _split_decoder_head(decoder: Decoder) -> None:
 
 
 @torch.no_grad()
+def _split_level_inputs(decoder: Decoder) -> None:
+    """Split each decoder level's ``conv_in`` over ``cat(h, ipt_blk(image))`` into a conv of
+    ``h`` (keeping the bias) and a bias-free conv of the image features: the same sum."""
+    for level in (4, 3, 2, 1):
+        block = getattr(decoder, f"decoder_block{level}")
+        if level + 1 not in decoder.ipt_levels or hasattr(block, "conv_in_x"):
+            continue
+        conv = block.conv_in
+        extra = getattr(decoder, f"ipt_blk{level + 1}").conv_out.out_channels
+        split = conv.in_channels - extra
+        parts = []
+        for lo, hi, bias in ((0, split, conv.bias is not None), (split, conv.in_channels, False)):
+            part = nn.Conv2d(hi - lo, conv.out_channels, conv.kernel_size, conv.stride,
+                             conv.padding, bias=bias, device=conv.weight.device,
+                             dtype=conv.weight.dtype)
+            part.weight.copy_(conv.weight[:, lo:hi])
+            if bias:
+                part.bias.copy_(conv.bias)
+            parts.append(part.requires_grad_(False))
+        block.conv_in_x, block.conv_in_extra = parts
+
+
+@torch.no_grad()
 def _compose_convs(inner: nn.Conv2d, outer: nn.Conv2d) -> nn.Conv2d:
     """One convolution equal to ``outer(inner(x))`` (stride 1, "same" padding) away from the
     edge of width ``outer.padding``, where ``outer`` reads zeros instead of ``inner``'s values."""
@@ -223,6 +247,7 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
         for m in model.modules():
             if isinstance(m, Decoder):
                 _split_decoder_head(m)
+                _split_level_inputs(m)
         done["fast_head"] = None
     if channels_last:
         for name in ("squeeze_module", "decoder"):

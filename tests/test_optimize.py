@@ -44,6 +44,9 @@ def test_everything_is_rewritten(lite_fast):
                                             "fast_head", "fast_backbone"}
     assert all(m.fast for m in lite_fast.modules() if isinstance(m, SwinStage))
     assert lite_fast.decoder.fast
+    split = [hasattr(getattr(lite_fast.decoder, f"decoder_block{lv}"), "conv_in_x")
+             for lv in (4, 3, 2, 1)]
+    assert split == [lv + 1 in lite_fast.decoder.ipt_levels for lv in (4, 3, 2, 1)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lite_fast.modules())
     dcns = [m for m in lite_fast.modules() if isinstance(m, DeformableConv2d)]
     assert dcns and all(m.fast for m in dcns)

@@ -166,6 +166,14 @@ class BasicDecBlk(nn.Module):
         x = self.dec_att(x)
         return self.bn_out(self.conv_out(x))
 
+    def forward_split(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """``forward(cat(x, extra))`` without materialising the concatenation: ``conv_in``
+        split by input channels into ``conv_in_x`` (with the bias) and ``conv_in_extra`` (set
+        by :func:`birefnet_core.optimize.optimize_for_inference`)."""
+        y = self.conv_in_x(x).add_(self.conv_in_extra(extra))
+        y = self.dec_att(self.relu_in(self.bn_in(y)))
+        return self.bn_out(self.conv_out(y))
+
 
 class BasicLatBlk(nn.Module):
     """Lateral 1x1 projection of an encoder feature."""

@@ -19,7 +19,9 @@ after ``ipt_blk1.conv_out`` and merges with it into one 3x3 convolution to a sin
 image (``head_image5``); only the one-pixel edge, where the composed kernel would read the zero
 padding of the inner convolution as the inner convolution of zeros, is computed in two steps.
 The lateral blocks add ``up(p_{L+1})`` inside their 1x1 convolution (one fused op on
-channels-last features) instead of in a separate pass.
+channels-last features) instead of in a separate pass, and each level's ``conv_in`` is split
+into its ``h`` and image-feature parts (``conv_in_x``, ``conv_in_extra``), so ``cat(h, ipt)``
+is never materialised (480 channels at 256² for Swin-L's level 1).
 
 The training-only heads (``conv_ms_spvn_*``, ``gdt_convs_pred_*``) are built so that published
 state dicts load strictly, and are never run.
@@ -102,11 +104,20 @@ class Decoder(nn.Module):
             setattr(self, f"gdt_convs_pred_{level}", nn.Sequential(nn.Conv2d(_GDT_CHANNELS, 1, 1)))
             setattr(self, f"gdt_convs_attn_{level}", nn.Sequential(nn.Conv2d(_GDT_CHANNELS, 1, 1)))
 
+    def _image_features(self, image: torch.Tensor, size, blk: int) -> torch.Tensor:
+        patches = image_patches(image, tuple(size), self.patch_order)
+        return getattr(self, f"ipt_blk{blk}")(patches)
+
     def _with_image(self, h: torch.Tensor, image: torch.Tensor, blk: int) -> torch.Tensor:
         if blk not in self.ipt_levels:
             return h
-        patches = image_patches(image, tuple(h.shape[-2:]), self.patch_order)
-        return torch.cat((h, getattr(self, f"ipt_blk{blk}")(patches)), dim=1)
+        return torch.cat((h, self._image_features(image, h.shape[-2:], blk)), dim=1)
+
+    def _level(self, level: int, h: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        block = getattr(self, f"decoder_block{level}")
+        if self.fast and level + 1 in self.ipt_levels and hasattr(block, "conv_in_x"):
+            return block.forward_split(h, self._image_features(image, h.shape[-2:], level + 1))
+        return block(self._with_image(h, image, level + 1))
 
     def forward(self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
                 x4: torch.Tensor) -> torch.Tensor:
@@ -122,7 +133,7 @@ class Decoder(nn.Module):
                     h = lateral(skip, add=resize_to(p, skip.shape[-2:]))
                 else:
                     h = resize_to(p, skip.shape[-2:]) + lateral(skip)
-            p = getattr(self, f"decoder_block{level}")(self._with_image(h, image, level + 1))
+            p = self._level(level, h, image)
             if level in self.gdt_levels:
                 gdt = getattr(self, f"gdt_convs_{level}")(p)
                 p = p * getattr(self, f"gdt_convs_attn_{level}")(gdt).sigmoid()
