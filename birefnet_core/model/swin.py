@@ -25,7 +25,7 @@ bias, GELU and residual adds (:func:`birefnet_core.ops.linear`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,21 @@ class _WindowPlan:
     padded: torch.Tensor | None
     n_plain: int
     mask: torch.Tensor | None
+    _real_rows: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def real_rows(self, w0: int, w1: int, n: int) -> torch.Tensor | None:
+        """Positions of the real (non-padding) tokens among windows ``[w0, w1)``, relative to
+        the group, or None if the group has no padding; cached, so the forward pass never
+        waits on the device to find them."""
+        key = (w0, w1)
+        if key not in self._real_rows:
+            keep = None
+            if self.padded is not None:
+                pad = self.padded[w0 * n:w1 * n].cpu()
+                if pad.any():
+                    keep = torch.nonzero(~pad)[:, 0].to(self.padded.device)
+            self._real_rows[key] = keep
+        return self._real_rows[key]
 
 
 def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _WindowPlan:
@@ -232,7 +247,8 @@ class SwinBlock(nn.Module):
         bias = attn.relative_bias(x.dtype)[None]  # [1, heads, N, N]
         masked = None if plan.mask is None else bias + plan.mask.to(x.dtype)
         n_windows = plan.gather.numel() // n
-        step = max(1, _ATTN_CHUNK // (n * c))
+        # Cache-sized groups on the CPU; a GPU wants all windows in one launch.
+        step = max(1, _ATTN_CHUNK // (n * c)) if x.device.type == "cpu" else n_windows
         parts = ((0, plan.n_plain, bias), (plan.n_plain, n_windows, masked))
         for i in range(b):
             for lo, hi, part_bias in parts:
@@ -243,15 +259,14 @@ class SwinBlock(nn.Module):
                         rows = rows + i * length
                     xg = rows_x.index_select(0, rows)
                     y = self.norm1(xg)
-                    pad = None if plan.padded is None else plan.padded[w0 * n:w1 * n]
-                    if pad is not None:
-                        y.masked_fill_(pad[:, None], 0.0)  # zeros after the norm, as trained
+                    keep = plan.real_rows(w0, w1, n)
+                    if keep is not None:  # zeros after the norm at the padding, as trained
+                        y.masked_fill_(plan.padded[w0 * n:w1 * n, None], 0.0)
                     qkv = linear(y, attn.qkv.weight, attn.qkv.bias)
                     qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
                     mask = part_bias if part_bias is bias else part_bias[w0 - lo:w1 - lo]
                     o = attn._sdpa(qkv, mask).view(-1, c)
-                    if pad is not None and bool(pad.any()):
-                        keep = torch.nonzero(~pad)[:, 0]
+                    if keep is not None:
                         o, xg, rows = o.index_select(0, keep), xg.index_select(0, keep), rows[keep]
                     out.index_copy_(0, rows, linear(o, attn.proj.weight, attn.proj.bias,
                                                     residual=xg))
@@ -266,6 +281,8 @@ class SwinBlock(nn.Module):
         mlp = self.mlp
         rows = x.view(-1, x.shape[-1])
         step = max(256, _MLP_CHUNK // mlp.fc1.out_features)
+        if x.device.type != "cpu":
+            step = rows.shape[0]  # a GPU wants one large GEMM, not cache-sized pieces
         for start in range(0, rows.shape[0], step):
             chunk = rows[start:start + step]
             hidden = linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias, gelu=True)
