@@ -162,15 +162,15 @@ class BasicDecBlk(nn.Module):
         self.bn_out = make_norm(norm_layer, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu_in(self.bn_in(self.conv_in(x)))
-        x = self.dec_att(x)
-        return self.bn_out(self.conv_out(x))
+        return self._after_conv_in(self.conv_in(x))
 
     def forward_split(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         """``forward(cat(x, extra))`` without materialising the concatenation: ``conv_in``
         split by input channels into ``conv_in_x`` (with the bias) and ``conv_in_extra`` (set
         by :func:`birefnet_core.optimize.optimize_for_inference`)."""
-        y = self.conv_in_x(x).add_(self.conv_in_extra(extra))
+        return self._after_conv_in(self.conv_in_x(x).add_(self.conv_in_extra(extra)))
+
+    def _after_conv_in(self, y: torch.Tensor) -> torch.Tensor:
         y = self.dec_att(self.relu_in(self.bn_in(y)))
         return self.bn_out(self.conv_out(y))
 
