@@ -77,6 +77,18 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device=None) -> torch.
 
 
 @dataclass(frozen=True)
+class _WindowGroup:
+    """Windows ``[w0, w1)`` of a plan: ``rows`` (the token index of each of their positions);
+    if some are padding, ``keep`` / ``pad`` (the real / padding positions in the group) and
+    ``real_rows`` (``rows[keep]``), else None."""
+
+    rows: torch.Tensor
+    keep: torch.Tensor | None = None
+    pad: torch.Tensor | None = None
+    real_rows: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class _WindowPlan:
     """Where each window token of one block kind (shifted or not) comes from, for one size.
 
@@ -90,21 +102,23 @@ class _WindowPlan:
     padded: torch.Tensor | None
     n_plain: int
     mask: torch.Tensor | None
-    _real_rows: dict = field(default_factory=dict, compare=False, repr=False)
+    _groups: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def real_rows(self, w0: int, w1: int, n: int) -> torch.Tensor | None:
-        """Positions of the real (non-padding) tokens among windows ``[w0, w1)``, relative to
-        the group, or None if the group has no padding; cached, so the forward pass never
-        waits on the device to find them."""
+    def group(self, w0: int, w1: int, n: int) -> _WindowGroup:
+        """The :class:`_WindowGroup` of windows ``[w0, w1)`` (``n`` tokens each); cached, so
+        the forward pass never waits on the device to find the padding."""
         key = (w0, w1)
-        if key not in self._real_rows:
-            keep = None
+        if key not in self._groups:
+            rows = self.gather[w0 * n:w1 * n]
+            group = _WindowGroup(rows)
             if self.padded is not None:
                 pad = self.padded[w0 * n:w1 * n].cpu()
                 if pad.any():
-                    keep = torch.nonzero(~pad)[:, 0].to(self.padded.device)
-            self._real_rows[key] = keep
-        return self._real_rows[key]
+                    keep = torch.nonzero(~pad)[:, 0].to(rows.device)
+                    group = _WindowGroup(rows, keep, torch.nonzero(pad)[:, 0].to(rows.device),
+                                         rows[keep])
+            self._groups[key] = group
+        return self._groups[key]
 
 
 def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _WindowPlan:
@@ -254,23 +268,31 @@ class SwinBlock(nn.Module):
             for lo, hi, part_bias in parts:
                 for w0 in range(lo, hi, step):
                     w1 = min(hi, w0 + step)
-                    rows = plan.gather[w0 * n:w1 * n]
+                    group = plan.group(w0, w1, n)
+                    real = group.rows if group.keep is None else group.real_rows
                     if i:
-                        rows = rows + i * length
-                    xg = rows_x.index_select(0, rows)
-                    y = self.norm1(xg)
-                    keep = plan.real_rows(w0, w1, n)
-                    if keep is not None:  # zeros after the norm at the padding, as trained
-                        y.masked_fill_(plan.padded[w0 * n:w1 * n, None], 0.0)
-                    qkv = linear(y, attn.qkv.weight, attn.qkv.bias)
+                        real = real + i * length
+                    xg = rows_x.index_select(0, real)
+                    qkv = linear(self.norm1(xg), attn.qkv.weight, attn.qkv.bias)
+                    if group.keep is not None:
+                        qkv = self._with_padding_rows(qkv, group, attn.qkv.bias)
                     qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
                     mask = part_bias if part_bias is bias else part_bias[w0 - lo:w1 - lo]
                     o = attn._sdpa(qkv, mask).view(-1, c)
-                    if keep is not None:
-                        o, xg, rows = o.index_select(0, keep), xg.index_select(0, keep), rows[keep]
-                    out.index_copy_(0, rows, linear(o, attn.proj.weight, attn.proj.bias,
+                    if group.keep is not None:
+                        o = o.index_select(0, group.keep)
+                    out.index_copy_(0, real, linear(o, attn.proj.weight, attn.proj.bias,
                                                     residual=xg))
         return out.view(b, length, c)
+
+    @staticmethod
+    def _with_padding_rows(qkv: torch.Tensor, group: _WindowGroup,
+                           bias: torch.Tensor) -> torch.Tensor:
+        """The group's ``qkv`` rows from those of its real tokens: a padding token is zero after
+        the norm, so its ``qkv`` row is exactly the bias and needs no matrix product."""
+        full = qkv.new_empty(group.rows.numel(), qkv.shape[1])
+        full.index_copy_(0, group.keep, qkv)
+        return full.index_copy_(0, group.pad, bias.to(qkv.dtype).expand(group.pad.numel(), -1))
 
     def _mlp_in_place(self, x: torch.Tensor) -> torch.Tensor:
         """``x + mlp(norm2(x))`` written over ``x`` (a tensor this block owns), in row chunks.
