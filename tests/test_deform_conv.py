@@ -79,6 +79,39 @@ def test_zero_offsets_unit_mask_is_a_convolution():
                                rtol=0, atol=ATOL)
 
 
+def test_non_finite_offsets_sample_nothing():
+    """torchvision reads zeros at a NaN or infinite position; an overflowing fp16 offset
+    predictor must not turn into an out-of-range table index."""
+    x, offset, weight, bias, mask = _case(2, 4, 5, 7, 9, 3)
+    offset[0, 0, 1, 2] = float("nan")
+    offset[0, 3, 4, 4] = float("inf")
+    offset[1, 6, 0, 0] = float("-inf")
+    offset[1, 7, 5, 8] = float("nan")
+    # torchvision itself reads out of bounds at a NaN offset (a segfault): its reference is
+    # taken with the NaN replaced by a position far outside, which samples nothing.
+    ref = tv_deform_conv2d(x, offset.nan_to_num(nan=-1e6), weight, bias, padding=1, mask=mask)
+    out = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_exact_module_survives_nan_offsets():
+    """The exact path guards torchvision's op against NaN offsets (it would crash the host)."""
+    from birefnet_core.model.blocks import DeformableConv2d
+
+    torch.manual_seed(0)
+    module = DeformableConv2d(4, 6, 3, 1)
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        module.offset_conv.bias[5] = float("nan")  # every offset of that channel is NaN
+        out = module(x)
+        offset = module.offset_conv(x).nan_to_num(nan=-1e6)
+        ref = tv_deform_conv2d(x, offset, module.regular_conv.weight, padding=1,
+                               mask=2.0 * torch.sigmoid(module.modulator_conv(x)))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("tile_rows", (1, 2, 5, 13, 100))
 def test_tiling_does_not_change_the_result(tile_rows):
     x, offset, weight, bias, mask = _case(2, 5, 6, 13, 10, 3)

@@ -1,11 +1,16 @@
-"""Modulated deformable convolution (DCNv2) as bilinear sampling plus one matrix product.
+"""Modulated deformable convolution (DCNv2) as a weighted row gather plus one matrix product.
 
 ``torchvision.ops.deform_conv2d`` fills its im2col columns with a scalar, single-threaded loop on
-the CPU. Here the ``k*k`` sampling points of a tile of output rows are stacked along the height
-of one ``grid_sample`` call (vectorised and multi-threaded), scaled by the modulator in place and
-reduced by one GEMM that writes straight into the output. Tiling over output rows bounds the
-column memory. Same function as torchvision's op for stride 1, dilation 1 and one group (the
-only configuration BiRefNet uses); other configurations are refused rather than approximated.
+the CPU. Here the input is read as a table of channels-last pixel rows, and each of the ``k*k``
+sampling points of a pixel is one "bag" of the four rows around it, summed with the bilinear
+weights times the modulator: a single ``embedding_bag`` call per tile of output rows produces
+the im2col columns in pixel-major order (``[pixels, k*k*C]``), already modulated, and one GEMM
+with the kernel in ``(i, j, c)`` order writes the channels-last output straight into its
+destination. That is about twice as fast as stacking the points into one ``grid_sample``
+(whose CPU kernel gathers channel by channel) and then scaling by the modulator. Tiling over
+output rows bounds the column memory. Same function as torchvision's op for stride 1,
+dilation 1 and one group (the only configuration BiRefNet uses); other configurations are
+refused rather than approximated.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ..errors import InputError
 __all__ = ["deform_conv2d", "DEFAULT_TILE_BYTES"]
 
 DEFAULT_TILE_BYTES = 32 * 2**20  # columns per tile: bounded memory, few large GEMMs
+_POINT_OVERHEAD_BYTES = 96  # per sampling point: corner indices, weights and temporaries
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -73,68 +79,81 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     if bias is not None and tuple(bias.shape) != (o,):
         raise InputError(f"bias must be ({o},), got {tuple(bias.shape)}")
 
-    # grid_sample with align_corners=True maps -1..1 onto pixel centres 0..size-1, which cannot
-    # express a one-pixel side; a zero row/column beyond the edge changes no sample (torchvision
-    # reads zeros there too) and makes the scale finite.
-    if h == 1 or w == 1:
-        input = F.pad(input, (0, int(w == 1), 0, int(h == 1)))
-    hs, ws = input.shape[-2:]
-    # grid_sample gathers all channels of a corner at once from a channels-last input (~2.5x
-    # faster on the CPU); its output stays NCHW, i.e. the (c, i, j) x pixels column matrix.
-    channels_last = input.is_contiguous(memory_format=torch.channels_last) and c > 1
-    input = input.contiguous(memory_format=torch.channels_last)
-    sy, sx = 2.0 / (hs - 1), 2.0 / (ws - 1)
-
-    if tile_rows is None:
-        row_bytes = b * c * k * wo * input.element_size()
-        tile_rows = max(1, min(ho, DEFAULT_TILE_BYTES // max(row_bytes, 1)))
-    elif tile_rows < 1:
-        raise InputError(f"tile_rows must be >= 1, got {tile_rows}")
-
     dtype, device = input.dtype, input.device
-    # Normalised grid_sample coordinate of every undeformed sampling point: [k, Ho, 1] for rows
-    # (row - ph + i) and [k, 1, Wo] for columns (col - pw + j); offsets are added scaled.
-    ki = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw)
-    kj = torch.arange(kw, device=device, dtype=dtype).repeat(kh)
-    base_y = ki[:, None, None] + (torch.arange(ho, device=device, dtype=dtype) - ph)[None, :, None]
-    base_x = kj[:, None, None] + (torch.arange(wo, device=device, dtype=dtype) - pw)[None, None, :]
-    base_y, base_x = base_y * sy - 1.0, base_x * sx - 1.0
-    w2d = weight.reshape(o, c * k)
-    offset = offset.view(b, k, 2, ho, wo)
     if out is None:
         out = torch.empty(b, o, ho, wo, dtype=dtype, device=device,
-                          memory_format=torch.channels_last if channels_last
+                          memory_format=torch.channels_last
+                          if input.is_contiguous(memory_format=torch.channels_last) and c > 1
                           else torch.contiguous_format)
     elif tuple(out.shape) != (b, o, ho, wo) or out.dtype != dtype:
         raise InputError(f"out must be {(b, o, ho, wo)} of {dtype}, got {tuple(out.shape)} of "
                          f"{out.dtype}")
-    bias_col = None if bias is None else bias.view(o, 1)
+    if tile_rows is None:
+        row_bytes = b * k * wo * (c * input.element_size() + _POINT_OVERHEAD_BYTES)
+        tile_rows = max(1, min(ho, DEFAULT_TILE_BYTES // row_bytes))
+    elif tile_rows < 1:
+        raise InputError(f"tile_rows must be >= 1, got {tile_rows}")
+
+    table = input.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view if channels-last
+    kernel = weight.permute(0, 2, 3, 1).reshape(o, k * c).t()  # [(i, j, c), O]
+    # Undeformed sampling position of kernel point (i, j) for output row r / column q:
+    # (r - ph + i, q - pw + j); indexed [row, 1, point] and [column, point].
+    ki = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw)
+    kj = torch.arange(kw, device=device, dtype=dtype).repeat(kh)
+    base_y = (torch.arange(ho, device=device, dtype=dtype) - ph)[:, None, None] + ki
+    base_x = (torch.arange(wo, device=device, dtype=dtype) - pw)[:, None] + kj
+    offset = offset.view(b, k, 2, ho, wo).permute(0, 3, 4, 1, 2)  # [B, Ho, Wo, k, (dy, dx)]
+    mask = None if mask is None else mask.permute(0, 2, 3, 1)  # [B, Ho, Wo, k]
+    first_row = (torch.arange(b, device=device) * (h * w)).view(b, 1, 1, 1)
 
     for r0 in range(0, ho, tile_rows):
         r1 = min(ho, r0 + tile_rows)
         n = r1 - r0
-        grid = torch.empty(b, k, n, wo, 2, dtype=dtype, device=device)  # (x, y) pairs
-        torch.add(base_x, offset[:, :, 1, r0:r1], alpha=sx, out=grid[..., 0])
-        torch.add(base_y[:, r0:r1], offset[:, :, 0, r0:r1], alpha=sy, out=grid[..., 1])
-        grid = grid.view(b, k * n, wo, 2)  # the k points stacked along the grid's height
-        cols = F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=True)  # [B, C, k*n, Wo]
-        if mask is not None:
-            cols = cols.view(b, c, k, n, wo).mul_(mask[:, None, :, r0:r1])
-        cols = cols.view(b, c * k, n * wo)
+        index, weights = _bilinear_corners(
+            offset[:, r0:r1, :, :, 0] + base_y[r0:r1], offset[:, r0:r1, :, :, 1] + base_x,
+            h, w, None if mask is None else mask[:, r0:r1], first_row)
+        cols = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        cols = cols.view(b, n * wo, k * c)  # pixel-major im2col columns, modulated
         for i in range(b):
             dst = out[i, :, r0:r1]
             try:
-                flat = dst.view(o, n * wo)  # NCHW and channels-last rows are one strided matrix
+                # [pixels, O]: row-major for a channels-last destination (also a channel
+                # slice of one), column-major for NCHW; the GEMM writes it in place.
+                flat = dst.view(o, n * wo).t()
             except RuntimeError:
                 flat = None
             if flat is None:
-                y = (torch.mm(w2d, cols[i]) if bias_col is None
-                     else torch.addmm(bias_col, w2d, cols[i]))
-                dst.copy_(y.view(o, n, wo))
-            elif bias_col is None:
-                flat.addmm_(w2d, cols[i], beta=0)  # beta=0: the destination is not read
+                y = torch.mm(cols[i], kernel) if bias is None else torch.addmm(bias, cols[i], kernel)
+                dst.copy_(y.t().view(o, n, wo))
+            elif bias is None:
+                flat.addmm_(cols[i], kernel, beta=0)  # beta=0: the destination is not read
             else:
                 # The bias goes in tile by tile, just before the GEMM reads it back from cache.
-                flat.copy_(bias_col.expand(o, n * wo)).addmm_(w2d, cols[i])
+                flat.copy_(bias.expand(n * wo, o)).addmm_(cols[i], kernel)
     return out
+
+
+def _bilinear_corners(y: torch.Tensor, x: torch.Tensor, h: int, w: int,
+                      mask: torch.Tensor | None, first_row: torch.Tensor):
+    """Table rows and weights of the four pixels around each sampling position ``(y, x)``
+    (``[B, ...]``, in pixels): ``[P, 4]`` each, P = every position in order. A corner outside
+    the image gets weight 0 (torchvision reads zeros there); ``mask`` scales all four. A
+    non-finite position samples nothing, as in torchvision (an infinite or NaN offset from an
+    overflowing fp16 predictor must not become an out-of-range index)."""
+    y, x = y.nan_to_num_(nan=-2.0), x.nan_to_num_(nan=-2.0)
+    y0, x0 = y.floor(), x.floor()
+    ly, lx = y - y0, x - x0
+    wy0 = (1.0 - ly).mul_((y0 >= 0) & (y0 <= h - 1))
+    wy1 = ly.mul_((y0 >= -1) & (y0 <= h - 2))
+    wx0 = (1.0 - lx).mul_((x0 >= 0) & (x0 <= w - 1))
+    wx1 = lx.mul_((x0 >= -1) & (x0 <= w - 2))
+    if mask is not None:
+        wy0.mul_(mask)
+        wy1.mul_(mask)
+    row0 = y0.clamp(0, h - 1).long().mul_(w).add_(first_row)
+    row1 = y0.add_(1).clamp_(0, h - 1).long().mul_(w).add_(first_row)
+    col0 = x0.clamp(0, w - 1).long()
+    col1 = x0.add_(1).clamp_(0, w - 1).long()
+    index = torch.stack((row0 + col0, row0 + col1, row1 + col0, row1 + col1), -1)
+    weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), -1)
+    return index.view(-1, 4), weights.view(-1, 4)
