@@ -656,7 +656,7 @@ class _Run:
 
 def check_images(images) -> None:
     """Raise :class:`InputError` unless ``images`` is a ``[B, H, W, C]`` tensor (C = 1, 3 or 4),
-    float 0..1 or uint8 (the ComfyUI IMAGE layout)."""
+    float 0..1 (finite) or uint8 (the ComfyUI IMAGE layout)."""
     if (not isinstance(images, torch.Tensor) or images.ndim != 4
             or images.shape[-1] not in (1, 3, 4)):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -664,6 +664,11 @@ def check_images(images) -> None:
                          f"IMAGE layout), got {shape}")
     if not (images.is_floating_point() or images.dtype == torch.uint8):
         raise InputError(f"images must be float 0..1 or uint8, got {images.dtype}")
+    if images.is_floating_point():
+        for i in range(images.shape[0]):  # a frame at a time: no full-size boolean temporary
+            if not bool(torch.isfinite(images[i]).all()):
+                raise InputError(f"frame {i} of {images.shape[0]} contains NaN or infinite "
+                                 "values; check the node that produced the images")
 
 
 def predict_masks(

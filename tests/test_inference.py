@@ -339,6 +339,10 @@ def test_predict_input_errors():
         predict_masks(net, torch.zeros(1, 32, 32, 3, dtype=torch.int32))
     with pytest.raises(InputError, match="batch_size"):
         predict_masks(net, frames(1), batch_size=-1)
+    broken = frames(3)
+    broken[2, 5, 7, 1] = float("nan")  # would reach the model's deformable convolutions
+    with pytest.raises(InputError, match="frame 2 of 3 contains NaN"):
+        predict_masks(net, broken)
 
 
 def test_chunk_size_invariance_real_model(tiny_model):

@@ -59,7 +59,10 @@ class DeformableConv2d(nn.Module):
             offset, modulator = predicted[:, :2 * k2], torch.sigmoid(predicted[:, 2 * k2:]) * 2.0
             op = fast_deform_conv2d
         else:
-            offset = self.offset_conv(x)
+            # torchvision's CPU kernel reads out of bounds at a NaN offset (a segfault, e.g.
+            # after an fp16 overflow); -inf is a position that samples nothing, as NaN should.
+            offset = torch.nan_to_num(self.offset_conv(x), nan=float("-inf"),
+                                      posinf=float("inf"), neginf=float("-inf"))
             modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
             op = deform_conv2d
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
