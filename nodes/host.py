@@ -149,16 +149,18 @@ def intermediate_device():
 
 
 def auto_precision(device) -> str:
-    """ComfyUI's choice of compute precision on a CUDA ``device`` ("bf16", "fp16" or "fp32"),
-    which honours ``--force-fp32`` / ``--force-fp16`` and knows the GPUs where fp16 is slow;
-    "auto" (the core's own policy) on other devices or hosts without the helpers."""
+    """The compute precision on a CUDA ``device`` ("fp16", "bf16" or "fp32") from ComfyUI's
+    helpers, which honour ``--force-fp32`` / ``--force-fp16`` and know the GPUs where fp16 is
+    slow: fp16 wherever ComfyUI would use it (BiRefNet's masks are ~10x closer to fp32 in fp16
+    than in bf16, see benchmarks/RESULTS.md), else bf16, else fp32; "auto" (the core's own
+    policy) on other devices or hosts without the helpers."""
     if getattr(device, "type", str(device)) != "cuda":
         return "auto"
     mm = _mm()
     try:
-        if mm.should_use_bf16(device):
-            return "bf16"
-        return "fp16" if mm.should_use_fp16(device) else "fp32"
+        if mm.should_use_fp16(device):
+            return "fp16"
+        return "bf16" if mm.should_use_bf16(device) else "fp32"
     except (AttributeError, TypeError):
         return "auto"
 

@@ -87,11 +87,11 @@ class BiRefNetModelLoader:
                                "adding files."}),
                 "precision": (list(PRECISIONS), {
                     "default": AUTO,
-                    "tooltip": "Compute precision on the GPU. auto = ComfyUI's choice for the "
-                               "GPU (bf16 on recent NVIDIA cards, fp16 where it is fast, else "
-                               "fp32; follows --force-fp32/--force-fp16); on the CPU auto is fp32 "
-                               "(bf16 also works there; fp16 falls back to fp32). fp32 is exact "
-                               "but slowest and uses the most memory."}),
+                    "tooltip": "Compute precision on the GPU. auto = fp16 wherever ComfyUI "
+                               "would use it (masks closest to fp32 of the fast precisions), "
+                               "else bf16, else fp32; follows --force-fp32/--force-fp16. On the "
+                               "CPU auto is fp32 (bf16 also works there; fp16 falls back to "
+                               "fp32). fp32 is exact but slowest and uses the most memory."}),
                 "family": ([AUTO, *FAMILIES], {
                     "default": AUTO,
                     "tooltip": _family_tooltip()}),

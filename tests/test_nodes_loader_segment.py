@@ -350,10 +350,11 @@ def test_auto_precision_follows_the_host_on_cuda(host, monkeypatch):
     cuda = torch.device("cuda", 0)  # only the device type matters; no GPU needed
     assert host_module.auto_precision(torch.device("cpu")) == "auto"  # the core's policy
     monkeypatch.setattr(host.mm, "should_use_bf16", lambda device=None, **_: True)
-    assert host_module.auto_precision(cuda) == "bf16"
-    monkeypatch.setattr(host.mm, "should_use_bf16", lambda device=None, **_: False)
-    assert host_module.auto_precision(cuda) == "fp16"  # e.g. Turing, or --force-fp16
+    monkeypatch.setattr(host.mm, "should_use_fp16", lambda device=None, **_: True)
+    assert host_module.auto_precision(cuda) == "fp16"  # preferred: closer to fp32 than bf16
     monkeypatch.setattr(host.mm, "should_use_fp16", lambda device=None, **_: False)
+    assert host_module.auto_precision(cuda) == "bf16"  # a GPU where ComfyUI avoids fp16
+    monkeypatch.setattr(host.mm, "should_use_bf16", lambda device=None, **_: False)
     assert host_module.auto_precision(cuda) == "fp32"  # e.g. --force-fp32, or Pascal
 
 

@@ -38,10 +38,12 @@ class DeformableConv2d(nn.Module):
 
     ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference`, together with
     ``offset_modulator_conv``, the two predictors fused into one convolution) switches to
-    :func:`birefnet_core.ops.deform_conv2d`, the same function computed faster.
+    :func:`birefnet_core.ops.deform_conv2d`, the same function computed faster; under autocast
+    it runs in the reduced dtype unless ``fp32_under_autocast``.
     """
 
     fast: bool = False
+    fp32_under_autocast: bool = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
         super().__init__()
@@ -67,18 +69,21 @@ class DeformableConv2d(nn.Module):
             op = deform_conv2d
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
         reduced = bool({x.dtype, offset.dtype} & {torch.float16, torch.bfloat16})
+        if self.fast and not (reduced and self.fp32_under_autocast):
+            # In x's dtype, also a reduced one: the op computes the sampling positions in fp32
+            # (bf16 cannot address pixels past 256); accuracy in benchmarks/RESULTS.md.
+            with torch.autocast(x.device.type, enabled=False):
+                return op(x, offset, weight, bias, padding=self.padding, mask=modulator, out=out)
         if reduced and (self.fast or x.device.type != "cuda"):
-            # Sampling positions need fp32 (bf16 cannot address pixels past ~256), and
             # torchvision has reduced-precision kernels only on CUDA (where its autocast rule
             # upcasts): run the op in fp32 and hand back the caller's dtype.
             with torch.autocast(x.device.type, enabled=False):
                 y = op(x.float(), offset.float(), weight.float(),
                        None if bias is None else bias.float(), padding=self.padding,
                        mask=modulator.float())
-            return y.to(x.dtype) if out is None else out.copy_(y)
-        if self.fast:
-            return op(x, offset, weight, bias, padding=self.padding, mask=modulator, out=out)
-        y = op(x, offset, weight, bias, padding=self.padding, mask=modulator)
+            y = y.to(x.dtype)
+        else:
+            y = op(x, offset, weight, bias, padding=self.padding, mask=modulator)
         return y if out is None else out.copy_(y)
 
 

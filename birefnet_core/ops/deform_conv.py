@@ -44,7 +44,9 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     ``input`` ``[B, C, H, W]``; ``weight`` ``[O, C, kh, kw]``; ``offset`` ``[B, 2*kh*kw, Ho, Wo]``
     as (dy, dx) pairs per kernel point in row-major order; ``mask`` ``[B, kh*kw, Ho, Wo]`` or None
     (all ones); ``Ho = H + 2*ph - kh + 1``. A sample at ``(y, x)`` is bilinear with zeros outside
-    the image. ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile); the
+    the image. Samples, GEMM and output are in the input's dtype (weight and bias are cast to
+    it: fp16/bf16 inputs give a reduced-precision op); sampling positions and bilinear weights
+    are computed in at least fp32 from the offsets and mask, whatever their dtype. ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile); the
     result does not depend on it. ``out``: an optional ``[B, O, Ho, Wo]`` destination (e.g. a
     channel slice of a concatenation buffer, NCHW or channels-last) written by the GEMM directly;
     otherwise the result has the input's memory format.
@@ -95,13 +97,16 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         raise InputError(f"tile_rows must be >= 1, got {tile_rows}")
 
     table = input.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view if channels-last
-    kernel = weight.permute(0, 2, 3, 1).reshape(o, k * c).t()  # [(i, j, c), O]
+    kernel = weight.to(dtype).permute(0, 2, 3, 1).reshape(o, k * c).t()  # [(i, j, c), O]
+    bias = None if bias is None else bias.to(dtype)
+    # Positions in at least fp32 whatever the sample dtype: bf16 cannot address pixel 257.
+    pos = torch.promote_types(offset.dtype, torch.float32)
     # Undeformed sampling position of kernel point (i, j) for output row r / column q:
     # (r - ph + i, q - pw + j); indexed [row, 1, point] and [column, point].
-    ki = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw)
-    kj = torch.arange(kw, device=device, dtype=dtype).repeat(kh)
-    base_y = (torch.arange(ho, device=device, dtype=dtype) - ph)[:, None, None] + ki
-    base_x = (torch.arange(wo, device=device, dtype=dtype) - pw)[:, None] + kj
+    ki = torch.arange(kh, device=device, dtype=pos).repeat_interleave(kw)
+    kj = torch.arange(kw, device=device, dtype=pos).repeat(kh)
+    base_y = (torch.arange(ho, device=device, dtype=pos) - ph)[:, None, None] + ki
+    base_x = (torch.arange(wo, device=device, dtype=pos) - pw)[:, None] + kj
     offset = offset.view(b, k, 2, ho, wo).permute(0, 3, 4, 1, 2)  # [B, Ho, Wo, k, (dy, dx)]
     mask = None if mask is None else mask.permute(0, 2, 3, 1)  # [B, Ho, Wo, k]
     first_row = (torch.arange(b, device=device) * (h * w)).view(b, 1, 1, 1)
@@ -112,7 +117,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         index, weights = _bilinear_corners(
             offset[:, r0:r1, :, :, 0] + base_y[r0:r1], offset[:, r0:r1, :, :, 1] + base_x,
             h, w, None if mask is None else mask[:, r0:r1], first_row)
-        cols = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        cols = F.embedding_bag(index, table, per_sample_weights=weights.to(dtype), mode="sum")
         cols = cols.view(b, n * wo, k * c)  # pixel-major im2col columns, modulated
         for i in range(b):
             dst = out[i, :, r0:r1]
