@@ -159,8 +159,8 @@ def test_rejects_unsupported_configurations():
 
 
 def test_module_keeps_float64_and_runs_reduced_precision_in_fp32():
-    """Only fp16/bf16 inputs are routed through fp32 (tests/test_inference.py covers bf16);
-    float64 stays float64 end to end."""
+    """The exact module routes only fp16/bf16 inputs through fp32 (tests/test_inference.py
+    covers bf16); float64 stays float64 end to end."""
     from birefnet_core.model.blocks import DeformableConv2d
 
     torch.manual_seed(0)
@@ -171,3 +171,20 @@ def test_module_keeps_float64_and_runs_reduced_precision_in_fp32():
     out = module(x)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_reduced_precision_samples_at_fp32_positions():
+    """bf16 samples and GEMM, but positions in fp32: past pixel 256, bf16 positions would be
+    off by whole pixels (spacing 2 there), fp32 ones are exact."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 3, 600, generator=g)
+    weight = torch.randn(5, 4, 1, 1, generator=g) / 2
+    offset = torch.zeros(1, 2, 3, 600)
+    offset[:, 1] = 0.5  # every sample halfway between two pixels
+    ref = tv_deform_conv2d(x, offset, weight)
+    out = deform_conv2d(x.bfloat16(), offset.bfloat16(), weight)  # weight cast to bf16 inside
+    assert out.dtype == torch.bfloat16
+    err = (out.float() - ref).abs()
+    assert err[..., 256:].max() <= 0.05 and err.max() <= 0.05  # bf16 rounding only
+    unshifted = tv_deform_conv2d(x, torch.zeros_like(offset), weight)
+    assert (ref - unshifted)[..., 256:].abs().max() > 0.5  # a misplaced sample would show
