@@ -155,6 +155,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     loaded = load_model(args.model, family=args.family, patch_order=args.patch_order,
                         device=args.device, optimize=not args.exact)
+    if args.compile:
+        from .optimize import compile_for_inference
+
+        compile_for_inference(loaded.model)
     if not args.quiet:
         print(loaded.info.summary(), file=sys.stderr)
     out_dir = Path(args.output_dir)
@@ -235,9 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     remove.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     remove.add_argument("--batch-size", type=int, default=0, help="frames per chunk, 0 = auto")
-    remove.add_argument("--exact", action="store_true",
-                        help="run the unmodified network (no BatchNorm folding / fast "
-                             "deformable convolution; same output to ~1e-6, slower)")
+    mode = remove.add_mutually_exclusive_group()
+    mode.add_argument("--exact", action="store_true",
+                      help="run the unmodified network (no BatchNorm folding / fast "
+                           "deformable convolution; same output to ~1e-6, slower)")
+    mode.add_argument("--compile", action="store_true",
+                      help="torch.compile the fast network (the first batch of each size "
+                           "compiles for minutes; worth it for long runs on a GPU)")
     remove.add_argument("--suffix", default="", help="appended to each output file's stem")
     remove.add_argument("-q", "--quiet", action="store_true")
     remove.set_defaults(func=cmd_remove)

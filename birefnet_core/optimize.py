@@ -30,6 +30,8 @@ fixtures, see ``tests/test_optimize.py``).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ from .model.blocks import ASPPDeformable, DeformableConv2d
 from .model.decoder import Decoder
 from .model.swin import SwinStage, SwinTransformer
 
-__all__ = ["optimize_for_inference", "fold_batchnorms", "fuse_conv_bn"]
+__all__ = ["optimize_for_inference", "compile_for_inference", "fold_batchnorms", "fuse_conv_bn"]
 
 
 @torch.no_grad()
@@ -263,4 +265,29 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
                 m.fast = True
         done["fast_backbone"] = None
     model.optimizations = tuple(done)
+    return model
+
+
+def compile_for_inference(model: nn.Module, *, mode: str | None = None,
+                          backend: str = "inductor", dynamic: bool | None = None,
+                          warmup_sizes: Sequence[tuple[int, int]] = ()) -> nn.Module:
+    """Optimise ``model`` (if not yet done) and compile it in place with ``torch.compile``.
+
+    Opt-in, because the first call at each input size compiles (minutes on a CPU; needs a C++
+    compiler, or Triton on CUDA). ``mode``, ``backend`` and ``dynamic`` go to
+    ``torch.compile`` (e.g. ``mode="max-autotune"`` or ``"reduce-overhead"`` for CUDA graphs).
+    The fused oneDNN linear op gives way to the plain ops, which the compiler fuses itself.
+    The Swin window layout of a new size is found outside the graph (data-dependent): a size
+    first met inside a compiled call costs a few graph breaks, so give the sizes you will run,
+    ``(H, W)`` multiples of 32, as ``warmup_sizes``: one eager forward each, before compiling,
+    and each of them compiles into a single graph. Returns the same model.
+    """
+    optimize_for_inference(model)
+    model.compiled = True
+    weight = next(model.parameters())
+    with torch.no_grad():
+        for height, width in warmup_sizes:
+            model(torch.zeros(1, 3, height, width, device=weight.device, dtype=weight.dtype))
+    model.compile(mode=mode, backend=backend, dynamic=dynamic)
+    model.optimizations = tuple(dict.fromkeys((*model.optimizations, "compile")))
     return model

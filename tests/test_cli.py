@@ -106,3 +106,32 @@ def test_composite_needs_a_background(checkpoint, tmp_path, capsys):
     assert main(["remove", str(checkpoint), str(frames), "-o", str(tmp_path / "o"),
                  "--output", "composite", "-q"]) == 2
     assert "--background" in capsys.readouterr().err
+
+
+def test_compile_flag_compiles_the_fast_model(checkpoint, tmp_path, monkeypatch):
+    """``--compile`` hands the loaded fast model to ``compile_for_inference`` (here with the
+    plain eager backend: inductor takes minutes on a CPU) and writes the same masks."""
+    import torch._dynamo
+
+    from birefnet_core import optimize
+
+    compiled = []
+
+    def eager_compile(model, **kwargs):
+        compiled.append(model)
+        return real(model, backend="eager", **kwargs)
+
+    real = optimize.compile_for_inference
+    monkeypatch.setattr(optimize, "compile_for_inference", eager_compile)
+    frames = _write_frames(tmp_path / "in", [(40, 48)])
+    args = [str(checkpoint), str(frames), "--output", "mask", "--resolution", "64x64", "-q"]
+    try:
+        assert main(["remove", *args, "-o", str(tmp_path / "c"), "--compile"]) == 0
+    finally:
+        torch._dynamo.reset()
+    assert len(compiled) == 1 and "compile" in compiled[0].optimizations
+    assert main(["remove", *args, "-o", str(tmp_path / "f")]) == 0
+    masks = [np.asarray(Image.open(tmp_path / d / "frame_0000.png")) for d in ("c", "f")]
+    assert np.abs(masks[0].astype(int) - masks[1]).max() <= 1
+    with pytest.raises(SystemExit):
+        main(["remove", *args, "-o", str(tmp_path / "x"), "--compile", "--exact"])

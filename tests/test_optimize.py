@@ -188,3 +188,30 @@ def test_composed_head_matches_two_convolutions():
     out = composed(x)
     torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-12, atol=1e-12)
     assert (out[..., 0, :] - ref[..., 0, :]).abs().max() > 1e-3  # why the edge is recomputed
+
+
+def test_compiled_fast_swin_is_one_graph_with_the_same_output():
+    """``compile_for_inference``: with the size warmed up, the whole fast Swin BiRefNet
+    (cached window layouts, deformable convolutions) traces into one graph, no breaks, through
+    AOT functionalisation (what inductor compiles; inductor itself takes minutes on a CPU)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from birefnet_core.optimize import compile_for_inference
+
+    fast = optimize_for_inference(_random_model(Architecture("swin_v1_t")))
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    ref = fast(x)
+    compiled = copy.deepcopy(fast)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        assert compile_for_inference(compiled, backend="aot_eager",
+                                     warmup_sizes=[(64, 96)]) is compiled
+        out = compiled(x)
+        assert counters["stats"]["unique_graphs"] == 1
+        assert sum(counters["graph_break"].values()) == 0
+    finally:
+        torch._dynamo.reset()
+    assert compiled.optimizations[-1] == "compile" and isinstance(compiled, BiRefNet)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)

@@ -24,7 +24,11 @@ def build_backbone(arch: Architecture) -> nn.Module:
 
 class BiRefNet(nn.Module):
     """``forward(x)``: ImageNet-normalised ``[B, 3, H, W]`` (H, W multiples of 32) -> final
-    logits ``[B, 1, H, W]`` (apply a sigmoid for the 1 = foreground probability)."""
+    logits ``[B, 1, H, W]`` (apply a sigmoid for the 1 = foreground probability).
+
+    ``compiled`` is set by :func:`birefnet_core.optimize.compile_for_inference`."""
+
+    compiled: bool = False
 
     def __init__(self, arch: Architecture = Architecture(),
                  patch_order: PatchOrder | str = PatchOrder.SPLIT):
@@ -68,8 +72,12 @@ class BiRefNet(nn.Module):
         x4 = self.squeeze_module(torch.cat((*context, x4), dim=1))
         return x1, x2, x3, x4
 
-    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.compile's graph capture cannot run on inference tensors: no_grad there.
+        with torch.no_grad() if self.compiled else torch.inference_mode():
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise InputError(f"expected a [B, 3, H, W] image tensor, got {tuple(x.shape)}")
         h, w = x.shape[-2:]

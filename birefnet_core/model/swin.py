@@ -107,20 +107,25 @@ class _WindowPlan:
     def group(self, w0: int, w1: int, n: int) -> _WindowGroup:
         """The :class:`_WindowGroup` of windows ``[w0, w1)`` (``n`` tokens each); cached, so
         the forward pass never waits on the device to find the padding."""
-        key = (w0, w1)
-        if key not in self._groups:
-            rows = self.gather[w0 * n:w1 * n]
-            group = _WindowGroup(rows)
-            if self.padded is not None:
-                pad = self.padded[w0 * n:w1 * n].cpu()
-                if pad.any():
-                    keep = torch.nonzero(~pad)[:, 0].to(rows.device)
-                    group = _WindowGroup(rows, keep, torch.nonzero(pad)[:, 0].to(rows.device),
-                                         rows[keep])
-            self._groups[key] = group
-        return self._groups[key]
+        group = self._groups.get((w0, w1))
+        if group is None:
+            group = self._groups[(w0, w1)] = _window_group(self.gather, self.padded, w0, w1, n)
+        return group
 
 
+@torch.compiler.disable  # data-dependent (finds the padding); runs once per size, eagerly
+def _window_group(gather: torch.Tensor, padded: torch.Tensor | None, w0: int, w1: int,
+                  n: int) -> _WindowGroup:
+    rows = gather[w0 * n:w1 * n]
+    if padded is not None:
+        pad = padded[w0 * n:w1 * n].cpu()
+        if pad.any():
+            keep = torch.nonzero(~pad)[:, 0].to(rows.device)
+            return _WindowGroup(rows, keep, torch.nonzero(pad)[:, 0].to(rows.device), rows[keep])
+    return _WindowGroup(rows)
+
+
+@torch.compiler.disable  # data-dependent; cached per size by SwinStage.plan_for
 def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _WindowPlan:
     """The :class:`_WindowPlan` of an ``h`` x ``w`` token grid: zero-pad to whole windows,
     roll by ``-shift``, partition, and put the windows the shift mask touches last."""
@@ -168,6 +173,10 @@ class WindowAttention(nn.Module):
     def relative_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """``[heads, N, N]`` bias, gathered once per weights/dtype/device and then reused."""
         table = self.relative_position_bias_table
+        if torch.compiler.is_compiling():  # a traced gather, folded by the compiler
+            n = self.window * self.window
+            bias = table[self.relative_position_index.view(-1)].view(n, n, -1)
+            return bias.permute(2, 0, 1).contiguous().to(dtype)
         key = (id(table), table._version, table.device, dtype)
         if self._bias_key != key:
             n = self.window * self.window
@@ -351,9 +360,10 @@ class SwinStage(nn.Module):
 
     def plan_for(self, h: int, w: int, shift: int, device: torch.device) -> _WindowPlan:
         key = (h, w, shift, device)
-        if key not in self._plans:
-            self._plans[key] = window_plan(h, w, self.window, shift, device)
-        return self._plans[key]
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = window_plan(h, w, self.window, shift, device)
+        return plan
 
     def forward(self, x: torch.Tensor, h: int, w: int):
         if self.fast:

@@ -35,8 +35,8 @@ _FUSED = _onednn_linear()
 
 
 def _can_fuse(*tensors: torch.Tensor | None) -> bool:
-    if _FUSED is None or torch.is_autocast_enabled("cpu"):
-        return False
+    if _FUSED is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        return False  # torch.compile cannot trace the oneDNN op, and fuses the plain ones itself
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32
                              and t.is_contiguous()) for t in tensors)
 
