@@ -26,6 +26,8 @@ fixtures, see ``tests/test_optimize.py``).
   linear layers run with their bias, GELU and residual add fused into the GEMM
   (:func:`birefnet_core.ops.linear`), ``proj`` on the real tokens only, the MLP in row chunks
   (see :mod:`birefnet_core.model.swin`). PVT backbones are unchanged.
+
+:func:`compile_for_inference` adds ``torch.compile`` on top (opt-in: it compiles per size).
 """
 
 from __future__ import annotations
