@@ -133,6 +133,19 @@ def test_writes_into_a_channel_slice_of_a_buffer():
         assert buf[:, :6].abs().max() == 0 and buf[:, 12:].abs().max() == 0
 
 
+def test_writes_into_a_spatial_crop_of_a_buffer():
+    """A destination whose rows are not one strided matrix (a spatial crop) gets a copy."""
+    x, offset, weight, bias, mask = _case(2, 4, 6, 9, 8, 3)
+    ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        buf = torch.zeros(2, 6, 12, 11).contiguous(memory_format=fmt)
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask, out=buf[:, :, 2:11, 1:9],
+                      tile_rows=4)
+        torch.testing.assert_close(buf[:, :, 2:11, 1:9], ref, rtol=RTOL, atol=ATOL)
+        buf[:, :, 2:11, 1:9] = 0
+        assert buf.abs().max() == 0
+
+
 def test_channels_last_input():
     x, offset, weight, bias, mask = _case(1, 8, 6, 10, 12, 3)
     ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)

@@ -46,8 +46,9 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     (all ones); ``Ho = H + 2*ph - kh + 1``. A sample at ``(y, x)`` is bilinear with zeros outside
     the image. Samples, GEMM and output are in the input's dtype (weight and bias are cast to
     it: fp16/bf16 inputs give a reduced-precision op); sampling positions and bilinear weights
-    are computed in at least fp32 from the offsets and mask, whatever their dtype. ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile); the
-    result does not depend on it. ``out``: an optional ``[B, O, Ho, Wo]`` destination (e.g. a
+    are computed in at least fp32 from the offsets and mask, whatever their dtype.
+    ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile); the result
+    does not depend on it. ``out``: an optional ``[B, O, Ho, Wo]`` destination (e.g. a
     channel slice of a concatenation buffer, NCHW or channels-last) written by the GEMM directly;
     otherwise the result has the input's memory format.
 
@@ -128,8 +129,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
             except RuntimeError:
                 flat = None
             if flat is None:
-                y = torch.mm(cols[i], kernel) if bias is None else torch.addmm(bias, cols[i], kernel)
-                dst.copy_(y.t().view(o, n, wo))
+                y = torch.mm(cols[i], kernel)
+                dst.copy_((y if bias is None else y.add_(bias)).t().view(o, n, wo))
             elif bias is None:
                 flat.addmm_(cols[i], kernel, beta=0)  # beta=0: the destination is not read
             else:
