@@ -146,6 +146,21 @@ def test_writes_into_a_spatial_crop_of_a_buffer():
         assert buf.abs().max() == 0
 
 
+def test_unfused_row_gather_matches_embedding_bag():
+    """The gather fallback for devices without the fused kernel computes the same columns."""
+    from birefnet_core.ops.deform_conv import _weighted_rows
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 6, generator=g)
+    index = torch.randint(0, 50, (40, 4), generator=g)
+    weights = torch.rand(40, 4, generator=g)
+    fused = _weighted_rows(table, index, weights, fused=True)
+    torch.testing.assert_close(_weighted_rows(table, index, weights, fused=False), fused,
+                               rtol=1e-6, atol=1e-6)
+    ref = (table[index] * weights[..., None]).sum(1)
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_channels_last_input():
     x, offset, weight, bias, mask = _case(1, 8, 6, 10, 12, 3)
     ref = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)

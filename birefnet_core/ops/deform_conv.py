@@ -118,7 +118,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         index, weights = _bilinear_corners(
             offset[:, r0:r1, :, :, 0] + base_y[r0:r1], offset[:, r0:r1, :, :, 1] + base_x,
             h, w, None if mask is None else mask[:, r0:r1], first_row)
-        cols = F.embedding_bag(index, table, per_sample_weights=weights.to(dtype), mode="sum")
+        cols = _weighted_rows(table, index, weights.to(dtype))
         cols = cols.view(b, n * wo, k * c)  # pixel-major im2col columns, modulated
         for i in range(b):
             dst = out[i, :, r0:r1]
@@ -137,6 +137,18 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
                 # The bias goes in tile by tile, just before the GEMM reads it back from cache.
                 flat.copy_(bias.expand(n * wo, o)).addmm_(cols[i], kernel)
     return out
+
+
+def _weighted_rows(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor,
+                   fused: bool | None = None) -> torch.Tensor:
+    """``sum_j weights[p, j] * table[index[p, j]]`` -> ``[P, C]``: one fused ``embedding_bag``
+    on the CPU and CUDA; elsewhere (e.g. MPS, whose kernels vary by release) a plain gather
+    and reduction of the same value. ``fused`` overrides the choice (tests)."""
+    if fused is None:
+        fused = table.device.type in ("cpu", "cuda")
+    if fused:
+        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+    return torch.einsum("pj,pjc->pc", weights, table[index])
 
 
 def _bilinear_corners(y: torch.Tensor, x: torch.Tensor, h: int, w: int,
