@@ -20,9 +20,13 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["deform_conv2d", "DEFAULT_TILE_BYTES"]
+__all__ = ["deform_conv2d", "DEFAULT_TILE_BYTES", "DEFAULT_GPU_TILE_BYTES"]
 
-DEFAULT_TILE_BYTES = 32 * 2**20  # columns per tile: bounded memory, few large GEMMs
+# Columns per tile: bounded memory, few large GEMMs. On the CPU, tiles that stay in the
+# allocator's reused memory (larger ones are fresh, page-faulted mappings there); on a GPU,
+# few tiles, since each costs ~30 kernel launches.
+DEFAULT_TILE_BYTES = 32 * 2**20
+DEFAULT_GPU_TILE_BYTES = 512 * 2**20
 _POINT_OVERHEAD_BYTES = 96  # per sampling point: corner indices, weights and temporaries
 
 
@@ -47,8 +51,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     the image. Samples, GEMM and output are in the input's dtype (weight and bias are cast to
     it: fp16/bf16 inputs give a reduced-precision op); sampling positions and bilinear weights
     are computed in at least fp32 from the offsets and mask, whatever their dtype.
-    ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile); the result
-    does not depend on it. ``out``: an optional ``[B, O, Ho, Wo]`` destination (e.g. a
+    ``tile_rows``: output rows per tile (default: ~32 MiB of columns per tile on the CPU,
+    ~512 MiB elsewhere); the result does not depend on it. ``out``: an optional ``[B, O, Ho, Wo]`` destination (e.g. a
     channel slice of a concatenation buffer, NCHW or channels-last) written by the GEMM directly;
     otherwise the result has the input's memory format.
 
@@ -93,7 +97,8 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
                          f"{out.dtype}")
     if tile_rows is None:
         row_bytes = b * k * wo * (c * input.element_size() + _POINT_OVERHEAD_BYTES)
-        tile_rows = max(1, min(ho, DEFAULT_TILE_BYTES // row_bytes))
+        budget = DEFAULT_TILE_BYTES if device.type == "cpu" else DEFAULT_GPU_TILE_BYTES
+        tile_rows = max(1, min(ho, budget // row_bytes))
     elif tile_rows < 1:
         raise InputError(f"tile_rows must be >= 1, got {tile_rows}")
 
