@@ -7,7 +7,7 @@ engine's own estimate (``estimate_memory``)::
     python benchmarks/bench_inference.py models/BiRefNet-general.safetensors --device cuda \\
         --resolution 1024x1024 --precision auto --batch-size 4 --frames 32
     python benchmarks/bench_inference.py --random pvt_v2_b0 --resolution 512x512 --frames 4
-    python benchmarks/bench_inference.py --random swin_v1_l --device cuda --size 1024x1024 \
+    python benchmarks/bench_inference.py --random swin_v1_l --device cuda --size 1024x1024 \\
         --batch-size 1 --frames 32 --repeats 3 --compare-fp32      # latency, mask vs fp32
 
 ``--mode``: ``fast`` (default, what the nodes run), ``exact`` (the unmodified network) or
@@ -104,9 +104,10 @@ def main(argv=None) -> int:
     if args.mode != "exact":
         from birefnet_core.optimize import compile_for_inference, optimize_for_inference
 
-        optimize_for_inference(model)
-        if args.mode == "compiled":
+        if args.mode == "compiled":  # optimises first
             compile_for_inference(model, mode=args.compile_mode, warmup_sizes=[size.hw])
+        else:
+            optimize_for_inference(model)
     plan = resolve_precision(args.precision, device)
     notes: list[str] = []
     kwargs = dict(family=family, resolution=args.resolution, precision=args.precision,
