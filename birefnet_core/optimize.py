@@ -282,14 +282,16 @@ def compile_for_inference(model: nn.Module, *, mode: str | None = None,
     The Swin window layout of a new size is found outside the graph (data-dependent): a size
     first met inside a compiled call costs a few graph breaks, so give the sizes you will run,
     ``(H, W)`` multiples of 32, as ``warmup_sizes``: one eager forward each, before compiling,
-    and each of them compiles into a single graph. Returns the same model.
+    and each of them compiles into a single graph. The compiled function is the model's
+    ``_forward``, always entered outside inference mode and without gradients (see
+    ``BiRefNet.forward``), so callers in any autograd mode share its graphs. Returns the same
+    model.
     """
     optimize_for_inference(model)
-    model.compiled = True
     weight = next(model.parameters())
-    with torch.no_grad():
-        for height, width in warmup_sizes:
-            model(torch.zeros(1, 3, height, width, device=weight.device, dtype=weight.dtype))
-    model.compile(mode=mode, backend=backend, dynamic=dynamic)
+    for height, width in warmup_sizes:
+        model(torch.zeros(1, 3, height, width, device=weight.device, dtype=weight.dtype))
+    model.compiled_forward = torch.compile(model._forward, mode=mode, backend=backend,
+                                           dynamic=dynamic)
     model.optimizations = tuple(dict.fromkeys((*model.optimizations, "compile")))
     return model

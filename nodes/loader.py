@@ -49,10 +49,18 @@ class BiRefNetModel:
 
 
 def _clear_caches(module) -> None:
-    """After ComfyUI offloads the model: drop caches that may still hold device tensors."""
-    reset = getattr(module, "reset_static", None)
-    if reset is not None:
-        reset()
+    """After ComfyUI offloads the model: drop caches that may still hold device tensors.
+
+    Runs inside the host's offload (``/free``, or another model needing the memory), on the
+    host's prompt-worker thread: an exception here would kill that thread and leave every later
+    prompt queued forever, so a failure is logged, never raised."""
+    try:
+        clear = getattr(module, "clear_caches", None)
+        if clear is not None:
+            clear()
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.warning("BiRefNet: could not drop the model's caches after offloading",
+                    exc_info=True)
 
 
 def _family_tooltip() -> str:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from comfy_host import in_ci
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIREFNET_SHARED", REPO.parent / "shared"))
@@ -13,9 +14,27 @@ FIXTURES = SHARED / "fixtures" / "birefnet"
 MATTING = SHARED / "data" / "matting"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run tests marked slow: the real ComfyUI, the real browser, the "
+                          "full grad-mode matrix (always on under CI=true)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow") or in_ci():
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI runs every test)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def require_shared(path: Path) -> Path:
-    """Skip the calling test, with the reason, when a ``../shared`` file is absent."""
+    """Skip the calling test, with the reason, when a ``../shared`` file is absent (under
+    ``CI=true``, fail: CI must never pass by skipping)."""
     if not path.exists():
+        if in_ci():
+            pytest.fail(f"{path} is absent, and CI must run every test", pytrace=False)
         pytest.skip(f"{path} is absent: the ../shared folder beside the repo holds the fixtures "
                     "(developer checkouts and CI have it; set BIREFNET_SHARED to point elsewhere)")
     return path

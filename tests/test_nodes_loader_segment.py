@@ -322,8 +322,8 @@ def test_segment_interrupt_raises_host_exception(host, loaded):
 
 def test_segment_model_stays_under_host_control(host, loaded):
     calls = []
-    original = loaded.model.reset_static
-    loaded.model.reset_static = lambda: (calls.append(1), original())[1]
+    original = loaded.model.clear_caches
+    loaded.model.clear_caches = lambda: (calls.append(1), original())[1]
     try:
         BiRefNetSegment().segment(loaded, _images(1, 32, 32), TINY, 4.19, 0)
         host.mm.unload_all_models()  # what "/free" (Unload models) does
@@ -333,7 +333,7 @@ def test_segment_model_stays_under_host_control(host, loaded):
         BiRefNetSegment().segment(loaded, _images(1, 32, 32), TINY, 4.19, 0)
         assert len(host.mm.load_calls) == 2  # loaded again through the host, not behind it
     finally:
-        del loaded.model.reset_static
+        del loaded.model.clear_caches
 
 
 def test_segment_rejects_foreign_model(host):

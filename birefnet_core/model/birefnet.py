@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -26,9 +28,9 @@ class BiRefNet(nn.Module):
     """``forward(x)``: ImageNet-normalised ``[B, 3, H, W]`` (H, W multiples of 32) -> final
     logits ``[B, 1, H, W]`` (apply a sigmoid for the 1 = foreground probability).
 
-    ``compiled`` is set by :func:`birefnet_core.optimize.compile_for_inference`."""
+    ``compiled_forward`` is set by :func:`birefnet_core.optimize.compile_for_inference`."""
 
-    compiled: bool = False
+    compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, arch: Architecture = Architecture(),
                  patch_order: PatchOrder | str = PatchOrder.SPLIT):
@@ -57,6 +59,10 @@ class BiRefNet(nn.Module):
         """Recompute derived buffers and drop caches (call after loading or moving weights)."""
         self.bb.reset_static()
 
+    def clear_caches(self) -> None:
+        """Drop per-size caches (e.g. after the host offloads the model); never raises."""
+        self.bb.clear_caches()
+
     def train(self, mode: bool = True) -> "BiRefNet":
         if mode:
             raise RuntimeError("this BiRefNet re-implementation is inference-only")
@@ -73,8 +79,14 @@ class BiRefNet(nn.Module):
         return x1, x2, x3, x4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch.compile's graph capture cannot run on inference tensors: no_grad there.
-        with torch.no_grad() if self.compiled else torch.inference_mode():
+        if self.compiled_forward is not None:
+            # Graph capture cannot run in inference mode; entering the compiled function in one
+            # autograd state whatever the caller's (ComfyUI runs nodes in inference mode, a
+            # script may not) lets one graph serve them all.
+            with torch.inference_mode(False), torch.no_grad():
+                # An inference-tensor input would need a graph of its own.
+                return self.compiled_forward(x.clone() if x.is_inference() else x)
+        with torch.inference_mode():
             return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

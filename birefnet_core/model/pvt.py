@@ -111,6 +111,9 @@ class PyramidVisionTransformerV2(nn.Module):
             in_channels = dim
 
     def reset_static(self) -> None:
+        """Nothing is derived (kept for a uniform backbone interface)."""
+
+    def clear_caches(self) -> None:
         """Nothing is cached (kept for a uniform backbone interface)."""
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -6,8 +6,8 @@ shifted-window mask is computed over the padded grid, exactly as the published w
 trained. timm's Swin differs in layout (downsample at the start of a stage) and padding, so it is
 not used here.
 
-Statics are cached: each attention keeps its gathered relative-position bias, each stage its
-shift mask per padded size. ``relative_position_index`` stays a persistent buffer because it is
+Statics are cached: each stage keeps its shift mask and window layout per padded size (a
+function of the size alone, never of the weights). ``relative_position_index`` stays a persistent buffer because it is
 in the published files; :meth:`SwinTransformer.reset_static` recomputes it after loading.
 
 ``fast`` (set on every stage by :func:`birefnet_core.optimize.optimize_for_inference`) computes
@@ -163,27 +163,24 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self._bias: torch.Tensor | None = None
-        self._bias_key: tuple | None = None
 
     def reset_static(self) -> None:
-        self.relative_position_index.copy_(relative_position_index(self.window))
-        self._bias = self._bias_key = None
+        """Recompute the derived index (it is in the published files, but not trusted).
+
+        The buffer is replaced, not written in place: weights loaded under
+        ``torch.inference_mode()`` (as ComfyUI loads them) are inference tensors, which may not
+        be updated in place outside that mode."""
+        index = relative_position_index(self.window)
+        self.relative_position_index = index.to(self.relative_position_index.device)
 
     def relative_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """``[heads, N, N]`` bias, gathered once per weights/dtype/device and then reused."""
-        table = self.relative_position_bias_table
-        if torch.compiler.is_compiling():  # a traced gather, folded by the compiler
-            n = self.window * self.window
-            bias = table[self.relative_position_index.view(-1)].view(n, n, -1)
-            return bias.permute(2, 0, 1).contiguous().to(dtype)
-        key = (id(table), table._version, table.device, dtype)
-        if self._bias_key != key:
-            n = self.window * self.window
-            bias = table[self.relative_position_index.view(-1)].view(n, n, -1)
-            self._bias = bias.permute(2, 0, 1).contiguous().to(dtype)
-            self._bias_key = key
-        return self._bias
+        """``[heads, N, N]`` bias, gathered from the table on every call.
+
+        Not cached: a cache would have to know when the table changes (loading, moving, a host
+        patching weights), and the gather is ~0.1 % of a block's time."""
+        n = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous().to(dtype)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x``: ``[B, nW, N, C]``; ``mask``: ``[nW, N, N]`` or None."""
@@ -416,10 +413,18 @@ class SwinTransformer(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
 
     def reset_static(self) -> None:
+        """Recompute derived buffers (after loading) and drop the size caches."""
         for module in self.modules():
             if isinstance(module, WindowAttention):
                 module.reset_static()
-            elif isinstance(module, SwinStage):
+        self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Drop the per-size shift masks and window layouts (they may hold device memory).
+
+        Only forgets dictionary entries, so it cannot fail whatever mode created them."""
+        for module in self.modules():
+            if isinstance(module, SwinStage):
                 module._masks.clear()
                 module._plans.clear()
 
