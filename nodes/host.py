@@ -19,7 +19,8 @@ MODEL_FOLDER = "birefnet"
 """Our folder under ``models/``; ``extra_model_paths.yaml`` may add more under this key."""
 
 CORE_MODEL_FOLDER = "background_removal"
-"""Core ComfyUI's folder for its native background-removal models (newer versions only)."""
+"""Core ComfyUI's folder for its native background-removal models (registered by newer versions
+of ComfyUI; by us on older ones, e.g. 0.3.64)."""
 
 MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"})
 
@@ -77,6 +78,11 @@ def register_if_hosted() -> None:
 def _folders() -> list[str]:
     fp = _folder_paths()
     register_model_folder()
+    # Hosts that predate core's folder get it too (the README promises it): an entry made by
+    # core or by extra_model_paths.yaml is left as it is.
+    fp.folder_names_and_paths.setdefault(
+        CORE_MODEL_FOLDER,
+        ([os.path.join(fp.models_dir, CORE_MODEL_FOLDER)], set(MODEL_EXTENSIONS)))
     return [f for f in (MODEL_FOLDER, CORE_MODEL_FOLDER) if f in fp.folder_names_and_paths]
 
 

@@ -134,9 +134,18 @@ def test_model_list_merges_birefnet_and_core_background_removal(host, checkpoint
     assert host_module.model_path(CKPT_NAME) == str(host.models / "birefnet" / CKPT_NAME)
 
 
-def test_model_list_without_core_folder(host):
+def test_core_folder_is_registered_on_hosts_without_it(host, checkpoint):
+    """ComfyUI 0.3.64 has no ``background_removal`` entry: the pack adds one (weights only),
+    so files users put there, as the README says, are listed."""
     assert "background_removal" not in host.folder_paths.folder_names_and_paths
     assert host_module.list_models() == [CKPT_NAME]
+    paths, exts = host.folder_paths.folder_names_and_paths["background_removal"]
+    assert paths == [str(host.models / "background_removal")] and ".txt" not in exts
+    core = host.models / "background_removal"
+    core.mkdir(exist_ok=True)
+    os.symlink(checkpoint, core / "birefnet.safetensors")
+    (core / "notes.txt").write_text("not a model")
+    assert host_module.list_models() == [CKPT_NAME, "birefnet.safetensors"]
 
 
 # -- loader --------------------------------------------------------------------------------
