@@ -54,13 +54,26 @@ def parse_hex_color(text: str) -> tuple[float, float, float, float]:
 
 
 def _image4d(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """IMAGE ``[B,H,W,C]`` / ``[H,W,C]`` -> float ``[B,C,H,W]`` in 0..1 (uint8 is divided by 255;
+    float data above 1.5 is refused as 0..255)."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or \
             image.shape[-1] not in (3, 4):
         raise InputError(f"{name}: expected an IMAGE [B,H,W,3|4] (or [H,W,3|4]), got "
                          f"{list(getattr(image, 'shape', [])) or type(image).__name__}.")
     if image.ndim == 3:
         image = image[None]
-    image = image if image.is_floating_point() else image.float()
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255)
+    elif not image.is_floating_point():
+        image = image.float()
+    if image.numel():
+        peaks = image.amax(dim=(1, 2, 3))
+        over = (peaks > 1.5).nonzero()  # 0..255 data in a float tensor; overshoot is tolerated
+        if len(over):
+            i = int(over[0])
+            raise InputError(f"{name}: frame {i} has values up to {float(peaks[i]):.4g}, but "
+                             "float images must be 0..1: divide them by 255 (or pass uint8, "
+                             "which is converted).")
     return image.permute(0, 3, 1, 2)
 
 

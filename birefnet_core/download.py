@@ -8,9 +8,17 @@ file can be fetched by hand.
 
 The file is saved under a name that carries its family (``BiRefNet_HR-matting.safetensors``), so
 :func:`~birefnet_core.variants.family_from_filename` picks the right working resolution and patch
-order later. Integrity is checked against the size and sha256 the hub reports for the file (its
-``X-Linked-Size`` / ``X-Linked-Etag`` headers); the data is written to a ``.part`` file that only
-becomes the checkpoint once both match.
+order later. The data goes to a hidden temporary file beside the target (:mod:`.atomic`) that
+becomes the checkpoint only once every check passes:
+
+* the size and sha256 the hub reports for the file (its ``X-Linked-Size`` / ``X-Linked-Etag``
+  headers), when it reports them (a mirror may not);
+* the sha256 pinned in :data:`CHECKPOINTS` for that revision, when one is known;
+* the file's own safetensors header: its tensors' data offsets must end exactly at the end of
+  the file, which catches a cut-off transfer even when nothing else is known.
+
+A file already under the target name is reused without network access when its safetensors
+layout is whole, and downloaded again when it is not.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from .atomic import atomic_write
 from .errors import DownloadError, InputError
 from .variants import FAMILIES, Family
 
@@ -36,20 +45,37 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class PublishedCheckpoint:
+    """One downloadable file. ``sha256`` pins the file's hash at ``revision`` (a commit); it is
+    set only where the hash is known, and is then verified on download."""
+
     family: Family
     repo: str
     filename: str  # the local file name; it carries the family
     remote_file: str = "model.safetensors"
     gated: bool = False
+    revision: str = "main"
+    sha256: Optional[str] = None
 
 
 def _local_name(family: Family) -> str:
     return f"{family.hf_repo.split('/')[-1]}.safetensors"
 
 
+# Known hashes of published files, by family: (revision, sha256). Add one only from a verified
+# download of that exact revision, never a guess. Known but not in the family table yet:
+# ZhengPeng7/BiRefNet_lite-matting model.safetensors at 99c33412e3f58e1f33187abdc8c435c645243690
+# = ce8bcfc045e336322c0424a5863dcfb7e9ce8fed0a5fd4d1b2b20adf12d97243.
+_PINNED: dict[str, tuple[str, str]] = {}
+
+
+def _published(name: str, fam: Family) -> PublishedCheckpoint:
+    revision, sha = _PINNED.get(name, ("main", None))
+    return PublishedCheckpoint(fam, fam.hf_repo, _local_name(fam), gated=name == "rmbg2",
+                               revision=revision, sha256=sha)
+
+
 CHECKPOINTS: dict[str, PublishedCheckpoint] = {
-    name: PublishedCheckpoint(fam, fam.hf_repo, _local_name(fam), gated=name == "rmbg2")
-    for name, fam in FAMILIES.items() if fam.hf_repo
+    name: _published(name, fam) for name, fam in FAMILIES.items() if fam.hf_repo
 }
 
 
@@ -58,10 +84,12 @@ def is_offline() -> bool:
                for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def checkpoint_url(name: str, *, endpoint: Optional[str] = None, revision: str = "main") -> str:
+def checkpoint_url(name: str, *, endpoint: Optional[str] = None,
+                   revision: Optional[str] = None) -> str:
+    """The file's URL at ``revision`` (default: the table's, ``main`` unless a hash is pinned)."""
     ckpt = _lookup(name)
     base = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return f"{base}/{ckpt.repo}/resolve/{revision}/{ckpt.remote_file}"
+    return f"{base}/{ckpt.repo}/resolve/{revision or ckpt.revision}/{ckpt.remote_file}"
 
 
 def _lookup(name: str) -> PublishedCheckpoint:
@@ -102,61 +130,94 @@ def _expected(url: str, token: Optional[str], timeout: float) -> tuple[Optional[
     return (int(size) if size else None), sha
 
 
+def _layout_problem(path: Path, filename: str) -> Optional[str]:
+    """What is wrong with the layout of ``path``, a checkpoint to be named ``filename``, or None
+    (only safetensors files describe their own layout; other formats pass)."""
+    if not filename.lower().endswith(".safetensors"):
+        return None
+    from .weights import safetensors_layout_problem  # torch: imported only when checking
+
+    return safetensors_layout_problem(path)
+
+
 def download_checkpoint(
     name: str,
     models_dir: str | os.PathLike,
     *,
     endpoint: Optional[str] = None,
     token: Optional[str] = None,
-    revision: str = "main",
+    revision: Optional[str] = None,
     overwrite: bool = False,
     timeout: float = 30.0,
     on_progress: Optional[Callable[[int, Optional[int]], None]] = None,
 ) -> Path:
     """Fetch the published checkpoint ``name`` (a key of :data:`CHECKPOINTS`) into ``models_dir``.
 
-    Returns the path of the checkpoint; an existing file is returned without any network access
-    unless ``overwrite``. ``on_progress(done_bytes, total_bytes_or_None)`` is called per chunk.
+    Returns the path of the checkpoint. An existing, whole file is returned without any network
+    access unless ``overwrite``. ``revision`` defaults to the table's (the pinned one where a
+    hash is known; a pinned hash is only checked at its own revision).
+    ``on_progress(done_bytes, total_bytes_or_None)`` is called per chunk. Nothing is ever left
+    under the target name unless every check passed, interrupted runs included.
     """
     ckpt = _lookup(name)
     folder = Path(models_dir)
     target = folder / ckpt.filename
     if target.is_file() and not overwrite:
-        return target
+        try:
+            problem = _layout_problem(target, target.name)
+        except OSError:  # unreadable: the loader reports that, with the path
+            problem = None
+        if problem is None:
+            return target
+    revision = revision or ckpt.revision
     url = checkpoint_url(name, endpoint=endpoint, revision=revision)
+    pinned = ckpt.sha256 if revision == ckpt.revision else None
     manual = f"download {url} by hand and save it as {target}"
     if is_offline():
         raise DownloadError(f"offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): {manual}.")
     token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the models folder {folder} ({exc.strerror or exc}); "
+                            "choose a folder this user may write to.") from exc
     try:
         size, sha = _expected(url, token, timeout)
         digest = hashlib.sha256()
         done = 0
-        with urllib.request.urlopen(_request(url, "GET", token), timeout=timeout) as response, \
-                open(partial, "wb") as out:
-            total = size or int(response.headers.get("Content-Length") or 0) or None
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if on_progress is not None:
-                    on_progress(done, total)
+        with atomic_write(target) as out:
+            with urllib.request.urlopen(_request(url, "GET", token), timeout=timeout) as response:
+                total = size or int(response.headers.get("Content-Length") or 0) or None
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if on_progress is not None:
+                        on_progress(done, total)
+            out.flush()
+            problem = _verify(done, size, digest.hexdigest(), sha, pinned) or \
+                _layout_problem(Path(out.name), target.name)
+            if problem:
+                raise DownloadError(f"download of {url} is incomplete or corrupt ({problem}); "
+                                    "try again, or another HF_ENDPOINT.")
     except urllib.error.HTTPError as exc:
-        partial.unlink(missing_ok=True)
         hint = (" The repository is gated: accept its licence on the model page and set HF_TOKEN."
                 if exc.code in (401, 403) else "")
         raise DownloadError(f"the hub answered HTTP {exc.code} for {url}.{hint} Or {manual}.") from exc
+    except DownloadError:
+        raise
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        partial.unlink(missing_ok=True)
         raise DownloadError(f"cannot download {url} ({exc}); {manual}.") from exc
-    if size is not None and done != size:
-        partial.unlink(missing_ok=True)
-        raise DownloadError(f"download of {url} is incomplete ({done} of {size} bytes); try again.")
-    if sha is not None and digest.hexdigest() != sha:
-        partial.unlink(missing_ok=True)
-        raise DownloadError(f"download of {url} is corrupt (sha256 {digest.hexdigest()} instead of "
-                            f"{sha}); try again.")
-    os.replace(partial, target)
     return target
+
+
+def _verify(done: int, size: Optional[int], digest: str, sha: Optional[str],
+            pinned: Optional[str]) -> Optional[str]:
+    """What the downloaded bytes fail of the size and hashes that are known, or None."""
+    if size is not None and done != size:
+        return f"{done} of {size} bytes"
+    if sha is not None and digest != sha:
+        return f"sha256 {digest} instead of the {sha} the hub reports"
+    if pinned is not None and digest != pinned:
+        return f"sha256 {digest} instead of the published sha256 {pinned}"
+    return None

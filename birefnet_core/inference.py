@@ -657,7 +657,8 @@ class _Run:
 
 def check_images(images) -> None:
     """Raise :class:`InputError` unless ``images`` is a ``[B, H, W, C]`` tensor (C = 1, 3 or 4),
-    float 0..1 (finite) or uint8 (the ComfyUI IMAGE layout)."""
+    float 0..1 (finite; a frame peaking above 1.5 is taken for 0..255 data and refused) or uint8
+    (the ComfyUI IMAGE layout)."""
     if (not isinstance(images, torch.Tensor) or images.ndim != 4
             or images.shape[-1] not in (1, 3, 4)):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -670,6 +671,11 @@ def check_images(images) -> None:
             if not bool(torch.isfinite(images[i]).all()):
                 raise InputError(f"frame {i} of {images.shape[0]} contains NaN or infinite "
                                  "values; check the node that produced the images")
+            peak = float(images[i].amax())
+            if peak > 1.5:  # 0..255 data in a float tensor; a little overshoot is tolerated
+                raise InputError(f"frame {i} of {images.shape[0]} has values up to {peak:.4g}, "
+                                 "but float images must be 0..1: divide them by 255 (or pass "
+                                 "uint8, which is converted)")
 
 
 def predict_masks(

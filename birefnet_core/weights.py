@@ -9,9 +9,11 @@ says what was expected and what to do. Pickled files are only ever read with
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -35,6 +37,7 @@ __all__ = [
     "ModelInfo",
     "LoadedModel",
     "read_checkpoint",
+    "safetensors_layout_problem",
     "filter_checkpoint",
     "detect_architecture",
     "build_model",
@@ -106,15 +109,17 @@ class LoadedModel:
 
 # -- reading ---------------------------------------------------------------------------------
 
-def _sniff(path: Path) -> str:
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the format's own limit
+_DOWNLOAD_AGAIN = "The file is truncated or corrupt: download it again."
+
+
+def _sniff(path: Path, head: bytes) -> str:
     """'safetensors', 'pickle' or 'unknown', from the suffix and, failing that, the first bytes."""
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return "safetensors"
     if suffix in PICKLE_SUFFIXES:
         return "pickle"
-    with open(path, "rb") as f:
-        head = f.read(16)
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
@@ -122,8 +127,70 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def safetensors_layout_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a safetensors file's layout, or None when it is whole.
+
+    A safetensors file describes itself: an 8-byte header length, a JSON header giving every
+    tensor's ``data_offsets``, then the data. A file is whole when the data is exactly as long
+    as the offsets say, which catches a download cut short even when no size or hash was
+    known. Only the header is read. ``OSError`` (e.g. permission denied) propagates.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > min(size - 8, _SAFETENSORS_MAX_HEADER):
+            return f"its header claims {header_len} bytes, but the file has {size}"
+        header = f.read(header_len)
+    try:
+        meta = json.loads(header)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return "its header is not valid JSON"
+    if not isinstance(meta, dict):
+        return "its header is not a JSON object"
+    end = 0
+    for name, entry in meta.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            return f"tensor {name!r} has no valid data_offsets in the header"
+        end = max(end, offsets[1])
+    data = size - 8 - header_len
+    if data != end:
+        return f"its header lists {end} bytes of tensor data, the file holds {data}"
+    return None
+
+
+def _check_pickle_container(path: Path, head: bytes) -> None:
+    """Refuse, before unpickling, a file that is neither kind of ``torch.save`` output, so that
+    random or cut-off bytes are called what they are (not a safety refusal of their content)."""
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return
+            problem = "a zip archive without the data.pkl of torch.save"
+        except (zipfile.BadZipFile, EOFError) as exc:
+            problem = f"a damaged zip archive: {exc}"
+    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return  # a pickle stream (legacy torch.save); torch.load checks its magic number
+    else:
+        problem = "neither the zip archive nor the pickle stream that torch.save writes"
+    raise CheckpointError(
+        f"{path} is not a valid PyTorch checkpoint ({problem}). If it was downloaded, it is "
+        "truncated or corrupt: download it again.")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read every tensor of a ``.safetensors`` or ``.pth/.pt/.bin/.ckpt`` file (on the CPU)."""
+    """Read every tensor of a ``.safetensors`` or ``.pth/.pt/.bin/.ckpt`` file (on the CPU).
+
+    A safetensors file is first checked against its own header
+    (:func:`safetensors_layout_problem`), so a truncated file is refused before anything loads.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Check the file name and folder.")
@@ -131,7 +198,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path.name} is an ONNX export, which this loader does not run. Use the PyTorch "
             "weights of the same model (model.safetensors or a .pth release file).")
-    kind = _sniff(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        kind = _sniff(path, head)
+        problem = safetensors_layout_problem(path) if kind == "safetensors" else None
+    except PermissionError as exc:
+        raise CheckpointError(
+            f"permission denied reading {path}: make the file readable by this user "
+            "(e.g. chmod a+r), or run as a user who may read it.") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}.") from exc
+    if problem is not None:
+        raise CheckpointError(f"{path} is truncated or corrupt: download it again ({problem}).")
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -140,12 +219,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {path} as safetensors ({exc}). The file is truncated or corrupt: "
-                "download it again.") from exc
+                f"cannot read {path} as safetensors ({exc}). {_DOWNLOAD_AGAIN}") from exc
     if kind == "pickle":
+        _check_pickle_container(path, head)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            if "GLOBAL" not in str(exc):  # no refused class named: unreadable pickle data
+                raise CheckpointError(
+                    f"{path} is not a valid PyTorch checkpoint: its pickled data is damaged, or "
+                    "uses a pickle feature that torch's safe reader (weights_only) lacks. If it "
+                    "was downloaded, download it again; otherwise re-save its state dict with "
+                    "safetensors.torch.save_file.") from exc
             raise CheckpointError(
                 f"{path} contains pickled objects other than tensors, which are refused for "
                 "safety (weights_only=True; loading them could run arbitrary code). Use the "
@@ -153,8 +238,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "safetensors.torch.save_file in an environment you trust.") from exc
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"cannot read {path} as a PyTorch checkpoint ({exc}). The file is truncated or "
-                "corrupt: download it again.") from exc
+                f"cannot read {path} as a PyTorch checkpoint ({exc}). {_DOWNLOAD_AGAIN}") from exc
         return _unwrap(obj, path)
     raise CheckpointError(
         f"{path} is neither a safetensors nor a PyTorch checkpoint (unrecognised content). "
@@ -303,6 +387,15 @@ def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | Non
         raise CheckpointError(
             f"{path} does not fit the detected architecture {arch.name}: {report}. The file may "
             "be a modified or unsupported BiRefNet variant; please report it with this message.")
+    # Assigned as-is (assign=True), an integer weight would become an integer parameter.
+    not_float = [f"{k} ({str(sd[k].dtype).removeprefix('torch.')})" for k, buf in expected.items()
+                 if buf.is_floating_point() and not sd[k].is_floating_point()]
+    if not_float:
+        more = f" (+{len(not_float) - 5} more)" if len(not_float) > 5 else ""
+        raise CheckpointError(
+            f"{path}: weights must be floating point, but {len(not_float)} tensor(s) are not: "
+            f"{', '.join(not_float[:5])}{more}. The file is corrupt or a quantised/converted "
+            "export this loader does not read; use the published model.safetensors.")
     model.load_state_dict(sd, strict=True, assign=True)
     model.reset_static()
     return model.to(device).eval()

@@ -166,3 +166,20 @@ def test_estimate_foreground_batch_and_memory_layout():
                                                                              atol=1e-6)
     f_cl, b_cl = C.estimate_foreground(img.contiguous(memory_format=torch.channels_last), a)
     assert torch.allclose(fg, f_cl, atol=1e-6) and torch.allclose(bg, b_cl, atol=1e-6)
+
+
+def test_uint8_image_is_taken_as_0_255_and_float_0_255_is_refused():
+    """uint8 frames (as PIL/numpy give them) mean 0..255; a float IMAGE must be 0..1."""
+    img = torch.rand(2, 6, 5, 3)
+    as_uint8 = img.mul(255).round().to(torch.uint8)
+    a = torch.rand(2, 6, 5)
+    out = C.composite(as_uint8, a, "transparent", output_alpha=True, foreground="none")
+    assert torch.allclose(out[..., :3], as_uint8.float() / 255, atol=1e-6), \
+        "uint8 colours were not scaled to 0..1"
+    over = C.composite(img, a, as_uint8[:1], foreground="none")
+    expected = a[..., None] * img + (1 - a[..., None]) * as_uint8[:1].float() / 255
+    assert torch.allclose(over, expected, atol=1e-5), "uint8 background not scaled to 0..1"
+    scaled = img.clone()
+    scaled[1] *= 255
+    with pytest.raises(InputError, match=r"frame 1 .*divide.* by 255"):
+        C.composite(scaled, a, "transparent", output_alpha=True)

@@ -579,3 +579,13 @@ def test_long_batch_keeps_host_memory_bounded():
     assert tracker.large == [("aten.empty.memory_format", b * h * w)]
     assert max(net.batches) == k and sum(net.batches) == b
     assert masks.shape == (b, h, w)
+
+
+def test_float_images_in_0_255_are_refused_and_uint8_is_scaled():
+    net = StubNet()
+    images = frames(3)
+    as_uint8 = images.mul(255).round().to(torch.uint8)
+    assert torch.allclose(predict_masks(net, as_uint8), predict_masks(net, as_uint8.float() / 255))
+    images[2] *= 255
+    with pytest.raises(InputError, match=r"frame 2 of 3 .*divide.* by 255"):
+        predict_masks(net, images)

@@ -178,3 +178,104 @@ def test_checkpoint_error_is_a_value_error():
 def test_build_model_without_weights_is_random_init():
     model = build_model(Architecture("pvt_v2_b0"))
     assert model.decoder.conv_out1[0].weight.abs().sum() > 0
+
+
+def _truncate_inside_the_last_tensor(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])
+
+
+def test_safetensors_with_an_intact_header_but_short_data(tmp_path, b0_state_dict):
+    """A download cut off inside the last tensor: the header is whole, the data is not."""
+    path = tmp_path / "BiRefNet_lite.safetensors"
+    save_file(b0_state_dict, str(path))
+    _truncate_inside_the_last_tensor(path)
+    with pytest.raises(CheckpointError, match="truncated or corrupt: download it again") as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_safetensors_layout_accepts_whole_files_only(tmp_path):
+    from birefnet_core.weights import safetensors_layout_problem
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(3), "b": torch.ones(2, 2)}, str(path))
+    assert safetensors_layout_problem(path) is None
+    whole = path.read_bytes()
+    for bad, what in ((whole[:-1], "short data"), (whole + b"\0" * 4, "trailing bytes"),
+                      (whole[:5], "no header length"), (whole[:20], "cut header"),
+                      (b"\xff" * 8 + whole[8:], "absurd header length")):
+        path.write_bytes(bad)
+        assert safetensors_layout_problem(path) is not None, f"accepted a file with {what}"
+        with pytest.raises(CheckpointError, match="truncated or corrupt: download it again"):
+            read_checkpoint(path)
+
+
+def test_random_bytes_pth_is_not_a_valid_checkpoint(tmp_path):
+    path = tmp_path / "BiRefNet-general-epoch_244.pth"
+    path.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "not a valid PyTorch checkpoint" in message and "pickled objects" not in message, \
+        message
+
+
+def test_truncated_legacy_pth_is_not_called_unsafe(tmp_path, b0_state_dict):
+    path = tmp_path / "legacy.pth"
+    torch.save(b0_state_dict, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "truncated or corrupt" in message and "pickled objects" not in message, message
+
+
+def test_unreadable_safetensors_says_permission_denied(tmp_path, b0_state_dict, monkeypatch):
+    """The OS refusing to read the file (simulated: root reads a chmod 000 file anyway)."""
+    from birefnet_core import weights
+
+    path = tmp_path / "locked.safetensors"
+    save_file(b0_state_dict, str(path))
+
+    def refuse(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(weights, "open", refuse, raising=False)
+    with pytest.raises(CheckpointError, match="permission denied") as info:
+        load_model(path)
+    assert str(path) in str(info.value) and "No such file" not in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads a chmod 000 file anyway (the simulated test covers it)")
+def test_chmod_000_safetensors_says_permission_denied(tmp_path, b0_state_dict):
+    path = tmp_path / "locked.safetensors"
+    save_file(b0_state_dict, str(path))
+    path.chmod(0)
+    try:
+        with pytest.raises(CheckpointError, match="permission denied") as info:
+            load_model(path)
+    finally:
+        path.chmod(0o644)
+    assert str(path) in str(info.value) and "No such file" not in str(info.value)
+
+
+def test_integer_weight_names_the_tensor_and_dtype(tmp_path, b0_state_dict):
+    sd = dict(b0_state_dict)
+    key = "decoder.conv_out1.0.weight"
+    sd[key] = sd[key].round().to(torch.int32)
+    path = tmp_path / "int_weights.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert key in message and "int32" in message, message
+
+
+def test_legacy_pth_passes_the_container_check(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"x": torch.arange(3.0)}}, path,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(path)["x"], torch.arange(3.0))
