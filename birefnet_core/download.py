@@ -6,7 +6,9 @@ repositories such as RMBG-2.0) and the offline switches ``HF_HUB_OFFLINE`` /
 ``TRANSFORMERS_OFFLINE``, under which it fails at once with the URL and the target folder so the
 file can be fetched by hand.
 
-The file is saved under a name that carries its family (``BiRefNet_HR-matting.safetensors``), so
+Any file of a repository can be published (most are its ``model.safetensors``; ToonOut is a
+``.pth``, Lucida sits in a subfolder of ComfyUI's own repack). It is saved under a name that
+carries its family (``BiRefNet_HR-matting.safetensors``, ``birefnet_finetuned_toonout.pth``), so
 :func:`~birefnet_core.variants.family_from_filename` picks the right working resolution and patch
 order later. The data goes to a hidden temporary file beside the target (:mod:`.atomic`) that
 becomes the checkpoint only once every check passes:
@@ -14,11 +16,12 @@ becomes the checkpoint only once every check passes:
 * the size and sha256 the hub reports for the file (its ``X-Linked-Size`` / ``X-Linked-Etag``
   headers), when it reports them (a mirror may not);
 * the sha256 pinned in :data:`CHECKPOINTS` for that revision, when one is known;
-* the file's own safetensors header: its tensors' data offsets must end exactly at the end of
-  the file, which catches a cut-off transfer even when nothing else is known.
+* the file's own layout: a safetensors file's tensor data offsets must end exactly at the end of
+  the file, and a ``.pth`` zip archive (``torch.save``) must end with its central directory, which
+  catches a cut-off transfer even when nothing else is known.
 
-A file already under the target name is reused without network access when its safetensors
-layout is whole, and downloaded again when it is not.
+A file already under the target name is reused without network access when its layout is whole,
+and downloaded again when it is not.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import hashlib
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -45,8 +50,9 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class PublishedCheckpoint:
-    """One downloadable file. ``sha256`` pins the file's hash at ``revision`` (a commit); it is
-    set only where the hash is known, and is then verified on download."""
+    """One downloadable file: ``remote_file`` (a path inside ``repo``) saved as ``filename``.
+    ``sha256`` pins the file's hash at ``revision``; it is set only where the hash is known, and
+    is then verified on download."""
 
     family: Family
     repo: str
@@ -57,20 +63,33 @@ class PublishedCheckpoint:
     sha256: Optional[str] = None
 
 
-def _local_name(family: Family) -> str:
-    return f"{family.hf_repo.split('/')[-1]}.safetensors"
+# Where a family's file is not its repository's model.safetensors, saved as <repo name>.safetensors:
+# name -> (repo, remote file, local name).
+_FILES: dict[str, tuple[str, str, str]] = {
+    "toonout": ("joelseytre/toonout", "birefnet_finetuned_toonout.pth",
+                "birefnet_finetuned_toonout.pth"),
+    # ComfyUI's repack of egeorcun/lucida, the file core's template puts in background_removal/.
+    "lucida": ("Comfy-Org/BiRefNet", "background_removal/lucida.safetensors", "lucida.safetensors"),
+}
 
+# Known hashes of published files: name -> (revision, sha256). Add one only from a verified
+# download of that exact revision, never a guess. A single-file release whose commit was not
+# recorded is pinned at "main": should its owner replace the file, the download is refused (with
+# that explanation) instead of silently giving another model under the same family.
+_PINNED: dict[str, tuple[str, str]] = {
+    "lite_matting": ("99c33412e3f58e1f33187abdc8c435c645243690",
+                     "ce8bcfc045e336322c0424a5863dcfb7e9ce8fed0a5fd4d1b2b20adf12d97243"),
+    "toonout": ("main", "8c7f8a0bc24400f4caade76622f75ff22ca1e93e169add9d2b70093e2487fbe5"),
+}
 
-# Known hashes of published files, by family: (revision, sha256). Add one only from a verified
-# download of that exact revision, never a guess. Known but not in the family table yet:
-# ZhengPeng7/BiRefNet_lite-matting model.safetensors at 99c33412e3f58e1f33187abdc8c435c645243690
-# = ce8bcfc045e336322c0424a5863dcfb7e9ce8fed0a5fd4d1b2b20adf12d97243.
-_PINNED: dict[str, tuple[str, str]] = {}
+_GATED = frozenset({"rmbg2"})
 
 
 def _published(name: str, fam: Family) -> PublishedCheckpoint:
+    default = (fam.hf_repo, "model.safetensors", f"{fam.hf_repo.split('/')[-1]}.safetensors")
+    repo, remote, local = _FILES.get(name, default)
     revision, sha = _PINNED.get(name, ("main", None))
-    return PublishedCheckpoint(fam, fam.hf_repo, _local_name(fam), gated=name == "rmbg2",
+    return PublishedCheckpoint(fam, repo, local, remote, gated=name in _GATED,
                                revision=revision, sha256=sha)
 
 
@@ -89,7 +108,8 @@ def checkpoint_url(name: str, *, endpoint: Optional[str] = None,
     """The file's URL at ``revision`` (default: the table's, ``main`` unless a hash is pinned)."""
     ckpt = _lookup(name)
     base = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return f"{base}/{ckpt.repo}/resolve/{revision or ckpt.revision}/{ckpt.remote_file}"
+    path = urllib.parse.quote(ckpt.remote_file)  # "/" stays: a file in a subfolder
+    return f"{base}/{ckpt.repo}/resolve/{revision or ckpt.revision}/{path}"
 
 
 def _lookup(name: str) -> PublishedCheckpoint:
@@ -131,13 +151,36 @@ def _expected(url: str, token: Optional[str], timeout: float) -> tuple[Optional[
 
 
 def _layout_problem(path: Path, filename: str) -> Optional[str]:
-    """What is wrong with the layout of ``path``, a checkpoint to be named ``filename``, or None
-    (only safetensors files describe their own layout; other formats pass)."""
-    if not filename.lower().endswith(".safetensors"):
-        return None
-    from .weights import safetensors_layout_problem  # torch: imported only when checking
+    """What is wrong with the layout of ``path``, a checkpoint to be named ``filename``, or
+    None."""
+    suffix = Path(filename).suffix.lower()
+    if suffix == ".safetensors":
+        from .weights import safetensors_layout_problem  # torch: imported only when checking
 
-    return safetensors_layout_problem(path)
+        return safetensors_layout_problem(path)
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _zip_problem(path)
+    return None
+
+
+def _zip_problem(path: Path) -> Optional[str]:
+    """``torch.save`` writes a zip archive, whose directory is at its very end: a file cut short
+    has none. Only the directory is read. The legacy pickle stream describes no length of its
+    own, and passes."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80":
+        return None
+    if head != b"PK":
+        return "neither the zip archive nor the pickle stream that torch.save writes"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, EOFError) as exc:
+        return f"not a whole zip archive ({exc})"
+    if not any(n.endswith("data.pkl") for n in names):
+        return "a zip archive without the data.pkl of torch.save"
+    return None
 
 
 def download_checkpoint(
@@ -195,11 +238,17 @@ def download_checkpoint(
                     if on_progress is not None:
                         on_progress(done, total)
             out.flush()
-            problem = _verify(done, size, digest.hexdigest(), sha, pinned) or \
+            problem = _verify(done, size, digest.hexdigest(), sha) or \
                 _layout_problem(Path(out.name), target.name)
             if problem:
                 raise DownloadError(f"download of {url} is incomplete or corrupt ({problem}); "
                                     "try again, or another HF_ENDPOINT.")
+            if pinned is not None and digest.hexdigest() != pinned:
+                raise DownloadError(
+                    f"{url} is not the published file this pack describes as {ckpt.family.name!r}"
+                    f" (sha256 {digest.hexdigest()} instead of the published sha256 {pinned}): "
+                    "the transfer was corrupted, or the file has changed in the repository since. "
+                    f"Try again; if it persists, check the model page, then {manual}.")
     except urllib.error.HTTPError as exc:
         hint = (" The repository is gated: accept its licence on the model page and set HF_TOKEN."
                 if exc.code in (401, 403) else "")
@@ -211,13 +260,10 @@ def download_checkpoint(
     return target
 
 
-def _verify(done: int, size: Optional[int], digest: str, sha: Optional[str],
-            pinned: Optional[str]) -> Optional[str]:
-    """What the downloaded bytes fail of the size and hashes that are known, or None."""
+def _verify(done: int, size: Optional[int], digest: str, sha: Optional[str]) -> Optional[str]:
+    """What the downloaded bytes fail of the size and hash the hub reports, or None."""
     if size is not None and done != size:
         return f"{done} of {size} bytes"
     if sha is not None and digest != sha:
         return f"sha256 {digest} instead of the {sha} the hub reports"
-    if pinned is not None and digest != pinned:
-        return f"sha256 {digest} instead of the published sha256 {pinned}"
     return None

@@ -51,7 +51,8 @@ class PatchOrder(str, enum.Enum):
 class DecoderGeneration(str, enum.Enum):
     """``current``: with ``decoder.ipt_blk5`` and gradient attention on level 4, and deformable
     ASPP branches of kernels 1/3/7. ``legacy``: paper-era checkpoints without those, with a
-    single 3x3 deformable branch."""
+    single 3x3 deformable branch (the ``paper`` family; the ``legacy`` *family*,
+    BiRefNet-legacy, is a later checkpoint with the current decoder)."""
 
     CURRENT = "current"
     LEGACY = "legacy"
@@ -157,10 +158,18 @@ _EINOPS = PatchOrder.EINOPS
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        _fam("general", "General (1024²)", hf_repo="ZhengPeng7/BiRefNet"),
-        _fam("lite", "Lite (1024²)", hf_repo="ZhengPeng7/BiRefNet_lite"),
+        _fam("general", "General (1024²)", hf_repo="ZhengPeng7/BiRefNet",
+             note="trained with the split patch order (before Nov 2024), so split is the default; "
+                  "the repository's current runtime code uses einops, core ComfyUI uses split: "
+                  "set the loader's patch_order if masks look blocky"),
+        _fam("lite", "Lite (1024²)", hf_repo="ZhengPeng7/BiRefNet_lite",
+             note="Swin-T; formerly published as BiRefNet_T"),
         _fam("lite_2k", "Lite 2K (2560x1440)", resolution=(2560, 1440),
              hf_repo="ZhengPeng7/BiRefNet_lite-2K"),
+        _fam("lite_matting", "Lite matting (1024², einops likely)", patch_order=_EINOPS,
+             matting=True, hf_repo="ZhengPeng7/BiRefNet_lite-matting",
+             note="Swin-T, soft alpha mattes; trained after the Nov 2024 switch to the einops "
+                  "order, so einops is likely but not verified"),
         _fam("hr", "HR (2048²)", resolution=(2048, 2048), patch_order=_EINOPS,
              hf_repo="ZhengPeng7/BiRefNet_HR"),
         _fam("hr_matting", "HR matting (2048²)", resolution=(2048, 2048), patch_order=_EINOPS,
@@ -180,14 +189,35 @@ FAMILIES: dict[str, Family] = {
         _fam("hrsod", "HRSOD (1024²)", hf_repo="ZhengPeng7/BiRefNet-HRSOD"),
         _fam("rmbg2", "RMBG-2.0 (1024²)", hf_repo="briaai/RMBG-2.0",
              note="BRIA RMBG-2.0: BiRefNet general architecture, non-commercial licence"),
-        _fam("legacy", "Legacy paper weights (1024²)", hf_repo="ZhengPeng7/BiRefNet-legacy",
-             note="paper-era checkpoints (legacy decoder generation)"),
+        _fam("legacy", "Legacy general, no portrait data (1024²)",
+             hf_repo="ZhengPeng7/BiRefNet-legacy",
+             note="the general model trained without the portrait data (May 2024), current "
+                  "decoder; not the paper-era weights"),
+        _fam("paper", "Paper-era release (1024², legacy decoder)",
+             note="the paper's release files (BiRefNet-DIS_ep580.pth and kin) with the older "
+                  "decoder generation; chosen from the weights, whatever the file name"),
+        _fam("toonout", "ToonOut anime/illustration (1024²)", patch_order=_EINOPS,
+             hf_repo="joelseytre/toonout",
+             note="Swin-L fine-tune of general for anime and illustration cut-outs (MIT, Sep "
+                  "2025), trained with the einops-order code"),
+        _fam("lucida", "Lucida transparency/text/illustration (1024², einops unverified)",
+             patch_order=_EINOPS, matting=True, hf_repo="egeorcun/lucida",
+             note="Swin-L fine-tune of HR, trained and run at 1024² (not 2048); einops from its "
+                  "HR lineage, not verified"),
     )
 }
 
-# Ordered (pattern, family) rules over the lower-cased file name; the first match wins.
-# More specific names come first ("hrsod" before "hr", "hr-matting" before "matting").
+# Old names of families in file names, rewritten before the rules below run.
+_ALIASES: tuple[tuple[str, str], ...] = (
+    (r"birefnet[-_ ]?t(?![a-z0-9])", "birefnet_lite"),  # BiRefNet_T: the lite model's first name
+)
+
+# Ordered (pattern, family) rules over the lower-cased file stem; the first match wins.
+# More specific names come first ("hrsod" before "hr", "hr-matting" before "matting"), and
+# fine-tunes first of all: their own names say more than the base model's words inside them.
 _NAME_RULES: tuple[tuple[str, str], ...] = (
+    (r"toonout", "toonout"),
+    (r"lucida", "lucida"),
     (r"hrsod", "hrsod"),
     (r"(?<![a-z])hr[-_ ]?matting", "hr_matting"),
     (r"(?<![a-z])hr(?![a-z])|2048", "hr"),
@@ -195,6 +225,7 @@ _NAME_RULES: tuple[tuple[str, str], ...] = (
     (r"dynamic", "dynamic"),
     (r"(?<![a-z])2k(?![a-z])|2560", "lite_2k"),
     (r"512", "res_512"),
+    (r"lite.*matting|matting.*lite", "lite_matting"),
     (r"matting", "matting"),
     (r"portrait", "portrait"),
     (r"rmbg", "rmbg2"),
@@ -205,20 +236,50 @@ _NAME_RULES: tuple[tuple[str, str], ...] = (
     (r"lite", "lite"),
 )
 
+# Files named by a folder's convention rather than by their family: ComfyUI's own repack
+# (Comfy-Org/BiRefNet), which core's background-removal template puts in
+# models/background_removal/ ((folder, stem) -> family; "lucida*" is a rule above).
+_FOLDER_NAMES: dict[tuple[str, str], str] = {
+    ("background_removal", "birefnet"): "general",
+}
 
-def family_from_filename(path: str | os.PathLike) -> Family:
-    """Guess the family from a checkpoint's file name; ``general`` when nothing matches.
+
+def family_from_filename(path: str | os.PathLike,
+                         decoder: DecoderGeneration | str | None = None) -> Family:
+    """Guess the family from a checkpoint's file name (and folder); ``general`` when nothing
+    matches. Case-insensitive.
+
+    ``decoder``: the decoder generation detected from the weights, when known. A checkpoint
+    with the legacy decoder is a paper-era file, described as ``paper``, unless its name asks
+    for another working size or patch order.
 
     >>> family_from_filename("models/birefnet/BiRefNet_HR-matting.safetensors").name
     'hr_matting'
     >>> family_from_filename("BiRefNet_lite-2K.pth").resolution
     (2560, 1440)
+    >>> family_from_filename("models/background_removal/lucida.safetensors").name
+    'lucida'
+    >>> family_from_filename("BiRefNet-DIS_ep580.pth", decoder="legacy").name
+    'paper'
     """
-    stem = os.path.basename(os.fspath(path)).lower()
+    path = os.fspath(path)
+    stem = os.path.splitext(os.path.basename(path))[0].lower()
+    folder = os.path.basename(os.path.dirname(path)).lower()
+    family = FAMILIES[_FOLDER_NAMES.get((folder, stem)) or _family_name(stem)]
+    paper = FAMILIES["paper"]
+    if (decoder is not None and DecoderGeneration(decoder) is DecoderGeneration.LEGACY
+            and (family.resolution, family.patch_order) == (paper.resolution, paper.patch_order)):
+        return paper
+    return family
+
+
+def _family_name(stem: str) -> str:
+    for pattern, replacement in _ALIASES:
+        stem = re.sub(pattern, replacement, stem)
     for pattern, family in _NAME_RULES:
         if re.search(pattern, stem):
-            return FAMILIES[family]
-    return FAMILIES["general"]
+            return family
+    return "general"
 
 
 def get_family(

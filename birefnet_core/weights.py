@@ -406,9 +406,10 @@ def load_model(path: str | os.PathLike, *, family: str | Family | None = None,
                device: torch.device | str = "cpu", optimize: bool = False) -> LoadedModel:
     """Load any published BiRefNet checkpoint into a weight-compatible, eval-mode model.
 
-    ``family``: None/'auto' to guess from the file name (see :func:`family_from_filename`), or a
-    name from :data:`~birefnet_core.variants.FAMILIES`. ``patch_order``: None/'auto' for the
-    family's, or 'split'/'einops' to override. ``optimize``: apply
+    ``family``: None/'auto' to guess from the file name and the decoder generation (see
+    :func:`~birefnet_core.variants.family_from_filename`), or a name from
+    :data:`~birefnet_core.variants.FAMILIES`. ``patch_order``: None/'auto' for the family's, or
+    'split'/'einops' to override. ``optimize``: apply
     :func:`~birefnet_core.optimize.optimize_for_inference` (same output to ~1e-6, faster; its
     state dict no longer has the official keys). The default is the exact, unmodified network.
     """
@@ -417,9 +418,7 @@ def load_model(path: str | os.PathLike, *, family: str | Family | None = None,
     del raw
     arch = detect_architecture(state_dict, path)
     if family is None or family == "auto":
-        fam = family_from_filename(path)
-        if fam.name == "general" and arch.decoder is DecoderGeneration.LEGACY:
-            fam = get_family("legacy")
+        fam = family_from_filename(path, decoder=arch.decoder)
     else:
         fam = get_family(family)
     fam = get_family(fam, patch_order=patch_order)

@@ -11,9 +11,9 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from ..ops import deform_conv2d as fast_deform_conv2d
+from ..ops import deform_conv2d_for
 from ..ops.linear import linear
 
 NormLayer = Optional[Callable[[int], nn.Module]]
@@ -35,6 +35,9 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class DeformableConv2d(nn.Module):
     """Modulated deformable convolution (DCNv2): offsets and a 0..2 modulator are predicted from
     the input by two plain convolutions of the same kernel.
+
+    The exact path runs torchvision's op where it works on the input's device, and the pack's
+    own otherwise (:func:`birefnet_core.ops.deform_conv2d_for`: decided once per device).
 
     ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference`, together with
     ``offset_modulator_conv``, the two predictors fused into one convolution) switches to
@@ -66,7 +69,7 @@ class DeformableConv2d(nn.Module):
             offset = torch.nan_to_num(self.offset_conv(x), nan=float("-inf"),
                                       posinf=float("inf"), neginf=float("-inf"))
             modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
-            op = deform_conv2d
+            op = deform_conv2d_for(x.device)
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
         reduced = bool({x.dtype, offset.dtype} & {torch.float16, torch.bfloat16})
         if self.fast and not (reduced and self.fp32_under_autocast):
@@ -74,9 +77,9 @@ class DeformableConv2d(nn.Module):
             # (bf16 cannot address pixels past 256); accuracy in benchmarks/RESULTS.md.
             with torch.autocast(x.device.type, enabled=False):
                 return op(x, offset, weight, bias, padding=self.padding, mask=modulator, out=out)
-        if reduced and (self.fast or x.device.type != "cuda"):
-            # torchvision has reduced-precision kernels only on CUDA (where its autocast rule
-            # upcasts): run the op in fp32 and hand back the caller's dtype.
+        if reduced and (op is fast_deform_conv2d or x.device.type != "cuda"):
+            # Only torchvision's CUDA kernel has an autocast rule (it upcasts); run any other op
+            # in fp32 the same way and hand back the caller's dtype.
             with torch.autocast(x.device.type, enabled=False):
                 y = op(x.float(), offset.float(), weight.float(),
                        None if bias is None else bias.float(), padding=self.padding,

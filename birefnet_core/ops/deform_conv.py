@@ -11,16 +11,25 @@ destination. That is about twice as fast as stacking the points into one ``grid_
 output rows bounds the column memory. Same function as torchvision's op for stride 1,
 dilation 1 and one group (the only configuration BiRefNet uses); other configurations are
 refused rather than approximated.
+
+It needs no torchvision kernel, so it also stands in for torchvision's op where that one is
+missing or broken (:func:`deform_conv2d_for`).
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
 
-__all__ = ["deform_conv2d", "DEFAULT_TILE_BYTES", "DEFAULT_GPU_TILE_BYTES"]
+__all__ = ["deform_conv2d", "deform_conv2d_for", "DEFAULT_TILE_BYTES", "DEFAULT_GPU_TILE_BYTES"]
+
+logger = logging.getLogger(__name__)
 
 # Columns per tile: bounded memory, few large GEMMs. On the CPU, tiles that stay in the
 # allocator's reused memory (larger ones are fresh, page-faulted mappings there); on a GPU,
@@ -180,3 +189,68 @@ def _bilinear_corners(y: torch.Tensor, x: torch.Tensor, h: int, w: int,
     index = torch.stack((row0 + col0, row0 + col1, row1 + col0, row1 + col1), -1)
     weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), -1)
     return index.view(-1, 4), weights.view(-1, 4)
+
+
+# -- which op the exact model runs -------------------------------------------------------------
+
+_OPS: dict[tuple[str, int | None], Callable[..., torch.Tensor]] = {}  # per device, on first use
+_OPS_LOCK = threading.Lock()
+
+
+def deform_conv2d_for(device: torch.device | str) -> Callable[..., torch.Tensor]:
+    """The deformable convolution the exact model runs on ``device``: torchvision's, which
+    defines the function, where it works there; otherwise :func:`deform_conv2d` (the same
+    function to 1e-5), with a one-line note in the log.
+
+    Decided on first use per device and cached, by running torchvision's op once on a tiny
+    input: builds whose torchvision lacks the op for a backend fail only when it is called
+    there ("Could not run 'torchvision::deform_conv2d' with arguments from the 'CUDA' backend"
+    on some CUDA 13 builds of torch 2.10; no MPS kernel before torchvision 0.23, which has one),
+    and a torchvision built for another torch fails to import.
+    """
+    device = torch.device(device)
+    key = (device.type, device.index)
+    op = _OPS.get(key)
+    if op is None:
+        with _OPS_LOCK:
+            op = _OPS.get(key)
+            if op is None:
+                op = _OPS[key] = _choose_op(device)
+    return op
+
+
+def _choose_op(device: torch.device) -> Callable[..., torch.Tensor]:
+    try:
+        from torchvision.ops import deform_conv2d as torchvision_op
+    except Exception as exc:  # noqa: BLE001 - ImportError, or RuntimeError from a mismatched build
+        problem = f"torchvision's deform_conv2d cannot be imported ({_first_line(exc)})"
+    else:
+        problem = _torchvision_problem(torchvision_op, device)
+        if problem is None:
+            return torchvision_op
+    logger.warning("BiRefNet: %s; the exact model uses the pack's own deformable convolution "
+                   "on %s instead (the same result to 1e-5).", problem, device)
+    return deform_conv2d
+
+
+def _torchvision_problem(op: Callable[..., torch.Tensor], device: torch.device) -> str | None:
+    """Why torchvision's ``op`` cannot serve on ``device``, or None: with zero offsets and a
+    unit mask it must compute the plain convolution of a 4x4 input."""
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    weight = torch.linspace(-1.0, 1.0, 9).view(1, 1, 3, 3)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            y = op(x.to(device), torch.zeros(1, 18, 4, 4, device=device), weight.to(device),
+                   padding=1, mask=torch.ones(1, 9, 4, 4, device=device)).float().cpu()
+            ref = F.conv2d(x, weight, padding=1)
+    except RuntimeError as exc:  # NotImplementedError included
+        return f"torchvision's deform_conv2d does not run on {device.type} ({_first_line(exc)})"
+    if not torch.allclose(y, ref, atol=1e-3):
+        return f"torchvision's deform_conv2d computes wrong values on {device.type}"
+    return None
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
