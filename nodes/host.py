@@ -7,7 +7,8 @@ can inject a fake host (``tests/fake_host``) into ``sys.modules`` before calling
 What is used, and since when it exists in ComfyUI (all of it is in 0.3.0 and newer):
 ``folder_paths`` (model folder registry), ``comfy.model_management`` (devices,
 ``load_models_gpu``, interrupt flag), ``comfy.model_patcher.ModelPatcher``,
-``comfy.utils.ProgressBar``; ``comfy.patcher_extension`` is optional.
+``comfy.utils.ProgressBar``, ``server.PromptServer.instance.routes`` (the web server);
+``comfy.patcher_extension`` is optional.
 """
 
 from __future__ import annotations
@@ -132,6 +133,24 @@ def file_signature(name: str | None) -> str:
     except (OSError, ValueError):
         return f"missing:{name}"
     return f"{name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# -- web server --------------------------------------------------------------------------------
+
+def add_get_route(path: str, handler) -> bool:
+    """Serve ``handler`` (an aiohttp coroutine) for ``GET path`` on ComfyUI's web server.
+
+    ComfyUI imports ``server`` and creates ``PromptServer.instance`` before it loads custom
+    nodes, and later mirrors every route under ``/api``; outside ComfyUI (tests, the CLI) there
+    is no server and this returns False. Nothing is imported here.
+    """
+    server = sys.modules.get("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    routes = getattr(instance, "routes", None)
+    if routes is None:
+        return False
+    routes.get(path)(handler)
+    return True
 
 
 # -- devices and memory ----------------------------------------------------------------------

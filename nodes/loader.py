@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..birefnet_core.inference import Precision
 from ..birefnet_core.variants import FAMILIES, PatchOrder
@@ -77,7 +82,8 @@ class BiRefNetModelLoader:
         "(working resolution, matting, patch order) from the file name unless overridden. The "
         "model is handed to ComfyUI's memory manager: it moves to the GPU only while "
         "segmenting and is offloaded when other models need the memory or on 'Unload models'. "
-        "After loading, the node shows the detected family, backbone, resolution and size.")
+        "The node shows the detected family, backbone, working resolution and size as soon as "
+        "a file is selected (read from the file's tensor names and shapes, no weights loaded).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MODEL_TYPE,)
@@ -145,12 +151,129 @@ def load_birefnet(path: str, precision: str = AUTO, family: str = AUTO,
                         patch_order=None if patch_order == AUTO else patch_order, device="cpu",
                         optimize=True)
     patcher = host.make_patcher(loaded.model, on_detach=_clear_caches)
-    summary = loaded.info.summary()
-    if precision != AUTO:
-        summary += f"\nprecision: {precision}"
+    summary = summary_text(loaded.info, precision)
     log.info("BiRefNet: loaded %s", summary.replace("\n", "; "))
     return BiRefNetModel(patcher, loaded.info, precision), summary
 
+
+def summary_text(info, precision: str = AUTO) -> str:
+    """What the loader node displays: the core's ``ModelInfo.summary()`` plus the precision
+    when it is not ``auto`` (the same text after a run and from :data:`INFO_ROUTE`)."""
+    text = info.summary()
+    return text if precision == AUTO else f"{text}\nprecision: {precision}"
+
+
+# -- the model info panel, before anything runs ----------------------------------------------
+# The frontend asks GET /birefnet/model_info?model_name=...&family=...&patch_order=...&precision=
+# whenever the loader's widgets change or a workflow is opened, so the node describes the
+# selected file even when its result comes from the cache (then the loader never runs) and
+# after a tab switch or reload. Only names from the model list are looked up, and only the
+# file's header (safetensors) or pickle structure (tensors land on the meta device) is read.
+
+INFO_ROUTE = "/birefnet/model_info"
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _meta_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The file's tensors as ``meta`` tensors: names, shapes and dtypes, no data."""
+    from ..birefnet_core.errors import CheckpointError
+    from ..birefnet_core.weights import SAFETENSORS_SUFFIXES, _unwrap
+
+    try:
+        if os.path.splitext(path)[1].lower() in SAFETENSORS_SUFFIXES:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                slices = {key: f.get_slice(key) for key in f.keys()}
+                return {key: torch.empty(s.get_shape(), device="meta",
+                                         dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8))
+                        for key, s in slices.items()}
+        try:
+            obj = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except RuntimeError:  # a file saved without the zip format cannot be memory-mapped
+            obj = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader error means "cannot read this file"
+        raise CheckpointError(f"cannot read {path} ({exc}). The file is not a weights file, or "
+                              "it is truncated or corrupt: download it again.") from exc
+    return _unwrap(obj, Path(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, signature: str, family: str, patch_order: str):
+    """The ``ModelInfo`` that loading ``path`` would report (cached per file version)."""
+    from ..birefnet_core.variants import family_from_filename, get_family
+    from ..birefnet_core.weights import ModelInfo, detect_architecture, filter_checkpoint
+
+    del signature  # part of the cache key only: a replaced file is inspected again
+    state_dict, stored = filter_checkpoint(_meta_state_dict(path), path)
+    arch = detect_architecture(state_dict, path)
+    # the family as birefnet_core.weights.load_model decides it
+    fam = (family_from_filename(path, decoder=arch.decoder) if family == AUTO
+           else get_family(family))
+    fam = get_family(fam, patch_order=None if patch_order == AUTO else patch_order)
+    return ModelInfo(path, arch, fam, _parameter_count(arch, fam.patch_order), stored)
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_count(arch, patch_order) -> int:
+    """Parameters of the network for ``arch`` (built on the meta device: no memory, ~0.3 s)."""
+    from ..birefnet_core.model import BiRefNet
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in BiRefNet(arch, patch_order).parameters())
+
+
+def describe_model_file(model_name: str, family: str = AUTO, patch_order: str = AUTO,
+                        precision: str = AUTO) -> str:
+    """The loader's summary of a listed model file, without loading its weights.
+
+    Raises ``ModelFileError`` for a name that is not in the model list, ``ValueError`` for an
+    option the loader does not offer, ``CheckpointError`` for a file that is no BiRefNet.
+    """
+    if model_name not in host.list_models():
+        raise host.ModelFileError(f"'{model_name}' is not in the BiRefNet model list")
+    for name, value, allowed in (("family", family, (AUTO, *FAMILIES)),
+                                 ("patch_order", patch_order,
+                                  (AUTO, *(p.value for p in PatchOrder))),
+                                 ("precision", precision, PRECISIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    info = _inspect(host.model_path(model_name), host.file_signature(model_name), family,
+                    patch_order)
+    return summary_text(info, precision)
+
+
+async def model_info_route(request):
+    """``GET INFO_ROUTE``: ``{"text": summary}``; 404 for an unlisted name, 400 for a bad
+    option, 422 with ``{"error": message}`` for a file that is no BiRefNet checkpoint."""
+    import asyncio
+
+    from aiohttp import web
+
+    from ..birefnet_core.errors import CheckpointError
+
+    query = request.query
+    args = (query.get("model_name", ""), query.get("family", AUTO),
+            query.get("patch_order", AUTO), query.get("precision", AUTO))
+    try:
+        text = await asyncio.get_running_loop().run_in_executor(None, describe_model_file,
+                                                                *args)
+    except host.ModelFileError as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+    except CheckpointError as exc:  # before ValueError: it is one too
+        return web.json_response({"error": str(exc)}, status=422)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response({"text": text})
+
+
+host.add_get_route(INFO_ROUTE, model_info_route)
 
 NODE_CLASS_MAPPINGS = {"BiRefNetModelLoader": BiRefNetModelLoader}
 NODE_DISPLAY_NAME_MAPPINGS = {"BiRefNetModelLoader": "Load BiRefNet Model"}

@@ -1,19 +1,26 @@
-"""The JS extension in ``web/``: its node tests, and that it matches the nodes it decorates.
+"""The JS extension in ``web/``: its node tests, that it matches the nodes it decorates, and the
+server side of the loader's model info.
 
 ``node --test web/tests/`` runs the unit tests of ``web/lib`` (colour parsing, compare-view
-geometry, model-info text) and a smoke test of ``web/birefnet.js`` against a stub ComfyUI app.
-Skipped where ``node`` (18+) is not on PATH.
+geometry, model-info text) and tests of ``web/birefnet.js`` against a stub ComfyUI app (skipped
+where ``node`` 18+ is not on PATH). ``GET /birefnet/model_info`` (``nodes/loader.py``) describes
+a listed model file from its tensor names and shapes, without reading the weights, and must say
+exactly what the loader says after loading it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -78,3 +85,141 @@ def test_names_used_by_the_extension_exist_on_the_nodes(tmp_path):
         slots = [int(s) for s in outputs.split(",")]
         assert returns[node][slots[0]] == "IMAGE", (node, slots)
         assert all(0 <= s < len(returns[node]) for s in slots)
+
+
+# -- the model info route ----------------------------------------------------------------------
+
+LITE = "BiRefNet_lite-test.safetensors"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A PVT-v2-b0 BiRefNet as users download it (fp16 safetensors, named like a lite model)
+    and the same state dict as a ``.pth`` inside ``{"state_dict": ...}`` with a ``module.``
+    prefix, as training scripts save it. Zeros: only names, shapes and dtypes matter."""
+    from safetensors.torch import save_file
+
+    load_pack()
+    from birefnet_pack.birefnet_core.model import BiRefNet
+    from birefnet_pack.birefnet_core.variants import Architecture
+
+    with torch.device("meta"):
+        shapes = BiRefNet(Architecture("pvt_v2_b0")).state_dict()
+    state = {k: torch.zeros(v.shape, dtype=torch.float16 if v.is_floating_point() else v.dtype)
+             for k, v in shapes.items()}
+    folder = tmp_path_factory.mktemp("weights")
+    save_file(state, str(folder / LITE))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}},
+               folder / "BiRefNet-HR-epoch_100.pth")
+    return folder
+
+
+@pytest.fixture
+def models(tmp_path, weights):
+    root = tmp_path / "models"
+    (root / "birefnet").mkdir(parents=True)
+    for f in weights.iterdir():
+        (root / "birefnet" / f.name).symlink_to(f)
+    fake_host.install(root)
+    load_pack()
+    yield root / "birefnet"
+    fake_host.uninstall()
+
+
+def _loader():
+    from birefnet_pack.nodes import loader
+
+    return loader
+
+
+def test_model_info_says_what_the_loader_says(models):
+    loader = _loader()
+    (loaded,) = loader.BiRefNetModelLoader().load(LITE, "fp16", "auto", "auto")["ui"]["text"]
+    assert loader.describe_model_file(LITE, precision="fp16") == loaded
+
+
+@pytest.mark.parametrize("name,options", [
+    (LITE, {"family": "hr", "patch_order": "split", "precision": "auto"}),
+    ("BiRefNet-HR-epoch_100.pth", {"family": "auto", "patch_order": "auto", "precision": "bf16"}),
+])
+def test_model_info_follows_the_options_like_loading(models, name, options):
+    """Family (from the name or chosen), patch order and precision as loading reports them
+    (the core's loader, without the node's speed-ups, to keep this quick)."""
+    from birefnet_pack.birefnet_core.weights import load_model
+
+    loader = _loader()
+    auto = lambda v: None if v == "auto" else v  # noqa: E731
+    info = load_model(models / name, family=auto(options["family"]),
+                      patch_order=auto(options["patch_order"])).info
+    assert loader.describe_model_file(name, **options) == loader.summary_text(
+        info, options["precision"])
+
+
+def test_model_info_reads_no_weights(models, monkeypatch):
+    from birefnet_pack.birefnet_core import weights
+
+    def refuse(*_, **__):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(weights, "read_checkpoint", refuse)
+    monkeypatch.setattr(weights, "load_model", refuse)
+    monkeypatch.setattr(weights, "build_model", refuse)
+    text = _loader().describe_model_file("BiRefNet-HR-epoch_100.pth", family="auto")
+    assert text.splitlines()[:2] == ["BiRefNet pvt_v2_b0.hr", "family: HR (2048²)"]
+    assert "(stored as float16)" in text
+
+
+@pytest.fixture
+def get(models, monkeypatch):
+    """``get(query) -> (status, body)``: the route registered as the pack registers it on
+    ComfyUI's server (``PromptServer.instance.routes``), served by a real aiohttp app."""
+    pytest.importorskip("aiohttp")
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from birefnet_pack.nodes import host
+
+    loader = _loader()
+    routes = web.RouteTableDef()
+    monkeypatch.setitem(sys.modules, "server", SimpleNamespace(
+        PromptServer=SimpleNamespace(instance=SimpleNamespace(routes=routes))))
+    assert host.add_get_route(loader.INFO_ROUTE, loader.model_info_route)
+
+    async def ask(query):
+        app = web.Application()
+        app.add_routes(routes)
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get(loader.INFO_ROUTE, params=query)
+            return response.status, json.loads(await response.text())
+
+    return lambda query: asyncio.run(ask(query))
+
+
+def test_model_info_route(models, get):
+    status, body = get({"model_name": LITE, "family": "auto", "patch_order": "auto",
+                         "precision": "auto"})
+    assert status == 200, body
+    assert body["text"].startswith("BiRefNet pvt_v2_b0.lite\nfamily: Lite")
+    # only names from the model list: no paths, no files elsewhere
+    for name in ("../" + LITE, str(models / LITE), "missing.safetensors", ""):
+        status, body = get({"model_name": name})
+        assert status == 404 and "not in the BiRefNet model list" in body["error"], (name, body)
+    status, body = get({"model_name": LITE, "family": "huge"})
+    assert status == 400 and "family must be one of" in body["error"]
+    (models / "broken.safetensors").write_bytes(b"\x00" * 64)
+    status, body = get({"model_name": "broken.safetensors"})
+    assert status == 422 and "cannot read" in body["error"]
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(models / "sd.safetensors"))
+    status, body = get({"model_name": "sd.safetensors"})
+    assert status == 422 and "not a BiRefNet checkpoint" in body["error"]
+
+
+def test_route_is_registered_only_inside_a_server(models, monkeypatch):
+    from birefnet_pack.nodes import host
+
+    monkeypatch.delitem(sys.modules, "server", raising=False)
+    assert host.add_get_route("/x", None) is False  # tests, the CLI: no web server
+    monkeypatch.setitem(sys.modules, "server",
+                        SimpleNamespace(PromptServer=SimpleNamespace(instance=None)))
+    assert host.add_get_route("/x", None) is False  # imported, not started

@@ -8,6 +8,11 @@ link joins an existing output to an existing input and the types agree (``*`` ma
 values among the options and numbers within min/max; every required socket is connected; the
 API prompt converted from it has every required input. A renamed or removed input of one of our
 nodes therefore fails here before a user's saved workflow breaks.
+
+The layout is checked too, as the canvas draws it: no two nodes overlap (title bars included),
+the saved view shows every node in a 1280x720 window, no link is drawn across a note, and our
+nodes have room for the panels the web extension adds (model info, colour row, before/after
+view), so nothing grows over its neighbour after a run.
 """
 
 from __future__ import annotations
@@ -269,6 +274,192 @@ def test_workflow_converts_to_a_complete_api_prompt(path, object_info):
         for name, value in node["inputs"].items():
             if isinstance(value, list):
                 assert value[0] in prompt, f"node {nid}.{name} links to a missing node"
+
+
+# -- layout ------------------------------------------------------------------------------------
+# Geometry as LiteGraph draws it: a node's title bar (NODE_TITLE_HEIGHT) sits above its pos; slot
+# i is (i + 0.7) * NODE_SLOT_HEIGHT below pos; a link is a cubic spline whose control points lie
+# a quarter of the ends' distance right of the output and left of the input.
+TITLE = 30
+SLOT = 20
+# Where the canvas is visible in a 1280x720 window on both frontends 0.3.64 serves (1.27: right
+# of a 40 px sidebar, under a 40 px tab bar; 1.38: right of 58 px, under 38 px), in canvas
+# pixels; tests/data/make_workflows.py fits the saved view into it.
+VIEW = (58, 38, 1240, 680)
+# What 1.38 floats over the canvas at the top, the Run toolbar (right) and a menu button (left):
+# no node under them.
+OVERLAYS = {"the Run toolbar": (930, 38, 1280, 95), "the menu button": (58, 38, 96, 70)}
+# Nodes 2.0 draws a workflow saved by the classic renderer 1.2x larger around the top left of
+# the nodes' bounds (frontend 1.38 rescales the layout, newer ones a CSS transform) and keeps the
+# saved view, so the larger drawing must fit as well.
+VUE_SCALE = 1.2
+# Below this zoom the classic canvas draws nodes without their text (LiteGraph's level of
+# detail: 8 px minimum font size / 14 px node text, on a screen of device pixel ratio 1).
+MIN_SCALE = 8 / 14
+NOTES = {"Note", "MarkdownNote"}
+# The web extension's panels need this much height besides the node's own slots and widgets
+# (web/lib/compare.js panelMinHeight, the model info's title + 6 rows): without it the panel
+# grows the node over the one below once it has something to show.
+PANEL_ROOM = {"model_info": 120, "color_row": 46, "compare": 140}
+IMAGE_PREVIEWS = {"SaveImage", "PreviewImage", "MaskPreview", "SaveAnimatedWEBP",
+                  "SaveAnimatedPNG"}
+
+
+def _rect(node) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of a node on the canvas, title bar included."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE, x + w, y + h
+
+
+def _overlap(a, b) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def overlapping_nodes(wf: dict) -> list[str]:
+    nodes = wf["nodes"]
+    return [f"{a['id']} ({a.get('title', a['type'])}) overlaps {b['id']} "
+            f"({b.get('title', b['type'])})"
+            for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(_rect(a), _rect(b))]
+
+
+def nodes_outside_view(wf: dict) -> list[str]:
+    """Nodes the saved view does not show whole (or hides under the frontend's buttons),
+    drawn by the classic canvas or Nodes 2.0."""
+    ds = wf.get("extra", {}).get("ds")
+    if not ds:
+        return ["no saved view (extra.ds): the frontend opens it wherever the last one was"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    rects = [_rect(n) for n in wf["nodes"]]
+    ax, ay = min(r[0] for r in rects), min(r[1] for r in rects)  # Nodes 2.0 scales from here
+    out = []
+    for node, rect in zip(wf["nodes"], rects):
+        for renderer, k in (("canvas", 1.0), ("Nodes 2.0", VUE_SCALE)):
+            x0, y0, x1, y1 = (ax + (rect[0] - ax) * k, ay + (rect[1] - ay) * k,
+                              ax + (rect[2] - ax) * k, ay + (rect[3] - ay) * k)
+            sx0, sy0, sx1, sy1 = ((x0 + ox) * scale, (y0 + oy) * scale, (x1 + ox) * scale,
+                                  (y1 + oy) * scale)
+            where = (f"{node['id']} ({node['type']}, {renderer}) at "
+                     f"{[round(v) for v in (sx0, sy0, sx1, sy1)]} px")
+            if sx0 < VIEW[0] or sy0 < VIEW[1] or sx1 > VIEW[2] or sy1 > VIEW[3]:
+                out.append(f"{where}, the view is {VIEW}")
+            for overlay, box in OVERLAYS.items():
+                if _overlap((sx0, sy0, sx1, sy1), box):
+                    out.append(f"{where}, under {overlay} at {box}")
+    return out
+
+
+def _socket_index(node, slot: int) -> int:
+    """Position of input ``slot`` among the node's drawn sockets (widget inputs sit in their
+    widget's row, after the sockets)."""
+    sockets = [i for i, inp in enumerate(node["inputs"]) if "widget" not in inp]
+    return sockets.index(slot) if slot in sockets else len(sockets)
+
+
+def _spline(a, b, steps: int = 48):
+    dist = math.dist(a, b) * 0.25
+    p = (a, (a[0] + dist, a[1]), (b[0] - dist, b[1]), b)
+    for k in range(steps + 1):
+        t = k / steps
+        u = 1 - t
+        yield (u ** 3 * p[0][0] + 3 * u * u * t * p[1][0] + 3 * u * t * t * p[2][0]
+               + t ** 3 * p[3][0],
+               u ** 3 * p[0][1] + 3 * u * u * t * p[1][1] + 3 * u * t * t * p[2][1]
+               + t ** 3 * p[3][1])
+
+
+def links_across_notes(wf: dict) -> list[str]:
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    notes = [n for n in wf["nodes"] if n["type"] in NOTES]
+    crossed = []
+    for lid, src, out, dst, inp, _ in (row[:6] for row in wf["links"]):
+        s, d = nodes[src], nodes[dst]
+        a = (s["pos"][0] + s["size"][0], s["pos"][1] + (out + 0.7) * SLOT)
+        b = (d["pos"][0], d["pos"][1] + (_socket_index(d, inp) + 0.7) * SLOT)
+        for note in notes:
+            x0, y0, x1, y1 = _rect(note)
+            if any(x0 < x < x1 and y0 < y < y1 for x, y in _spline(a, b)):
+                crossed.append(f"link {lid} ({s['type']} -> {d['type']}) crosses note "
+                               f"{note['id']}")
+    return crossed
+
+
+def _base_height(info: dict, node: dict) -> float:
+    """Height of a node's slots and widgets in the classic renderer (as the generator sizes
+    them: a 46 px frame, 22 px per socket row, 24 px per widget value)."""
+    sockets = sum(1 for inp in node["inputs"] if "widget" not in inp)
+    rows = max(sockets, len(info["output"]))
+    return 46 + 22 * rows + 24 * len(node.get("widgets_values") or [])
+
+
+def panels_without_room(wf: dict, object_info: dict) -> list[str]:
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    previewed = {row[1] for row in wf["links"] if nodes[row[3]]["type"] in IMAGE_PREVIEWS}
+    problems = []
+    for node in wf["nodes"]:
+        kind = node["type"]
+        need = 0
+        if kind == "BiRefNetModelLoader":
+            need += PANEL_ROOM["model_info"]
+        if kind == "BiRefNetComposite":
+            values = widget_values_by_name(object_info[kind], node["widgets_values"])
+            if values.get("background_mode") == "color":
+                need += PANEL_ROOM["color_row"]
+        if kind in ("BiRefNetSegment", "BiRefNetComposite") and node["id"] in previewed:
+            need += PANEL_ROOM["compare"]
+        if need and node["size"][1] < _base_height(object_info[kind], node) + need:
+            problems.append(f"{node['id']} ({kind}) is {node['size'][1]} px tall, its widgets "
+                            f"and panel need {_base_height(object_info[kind], node) + need}")
+    return problems
+
+
+@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
+def test_layout_nodes_do_not_overlap(path):
+    problems = overlapping_nodes(_load(path))
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
+def test_layout_saved_view_shows_every_node(path):
+    wf = _load(path)
+    problems = nodes_outside_view(wf)
+    assert not problems, f"{path.name} (ds {wf['extra'].get('ds')}):\n  " + "\n  ".join(problems)
+    assert MIN_SCALE <= wf["extra"]["ds"]["scale"] <= 1.0, (
+        f"{path.name}: fitted at zoom {wf['extra']['ds']['scale']}, where the canvas drops the "
+        "nodes' text; make the layout more compact")
+
+
+@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
+def test_layout_links_do_not_cross_notes(path):
+    problems = links_across_notes(_load(path))
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
+def test_layout_pack_nodes_have_room_for_their_panels(path, object_info):
+    problems = panels_without_room(_load(path), object_info)
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+def test_layout_checks_catch_what_they_are_for(object_info):
+    wf = _first_workflow()
+    seg, note = _node(wf, "BiRefNetSegment"), _node(wf, "Note")
+    assert not overlapping_nodes(wf) and not links_across_notes(wf)
+    # a node moved so that only its title bar covers the node above it
+    below = dict(seg, id=99, pos=[seg["pos"][0], seg["pos"][1] + seg["size"][1] + 5])
+    assert overlapping_nodes({"nodes": [seg, below]}), "title bars count"
+    # a node pushed off the right edge of the saved view
+    moved = json.loads(json.dumps(wf))
+    _node(moved, "SaveImage")["pos"][0] += 2000
+    assert any("SaveImage" in p for p in nodes_outside_view(moved))
+    # the note put where the model link runs
+    loader = _node(wf, "BiRefNetModelLoader")
+    note["pos"] = [loader["pos"][0] + loader["size"][0] + 5, seg["pos"][1] + 10]
+    note["size"] = [30, 400]
+    assert any("crosses note" in p for p in links_across_notes(wf))
+    # a loader without room for the model info
+    wf = _first_workflow()
+    _node(wf, "BiRefNetModelLoader")["size"][1] = 170
+    assert any("BiRefNetModelLoader" in p for p in panels_without_room(wf, object_info))
 
 
 # -- the checker itself catches the mistakes it is there for ----------------------------------

@@ -43,11 +43,18 @@ export function afterClipPath(fraction) {
   return `inset(0 0 0 ${pct}%)`;
 }
 
+// Heights (px) of the panel under the node's widgets. The classic renderer gives a DOM widget
+// its height minus a 10 px margin above and below; Nodes 2.0 sizes it from its CSS (the view's
+// min-height), so both renderers reserve the same room.
+export const PANEL = Object.freeze({ margin: 20, colorRow: 26, gap: 4, viewMin: 120 });
+
 /**
- * Height (px) a compare view needs under the node's other widgets to show an image of
- * `imageW` x `imageH` at the node's inner width, bounded to [minH, maxH].
+ * The least height the panel asks the node for: the colour row and/or the compare view when
+ * they are shown, nothing when neither is. Free space in the node goes to the view; the node
+ * never grows for it beyond this.
  */
-export function viewHeight(innerW, imageW, imageH, minH = 120, maxH = 640) {
-  if (!(innerW > 0) || !(imageW > 0) || !(imageH > 0)) return minH;
-  return Math.round(Math.min(maxH, Math.max(minH, (innerW * imageH) / imageW)));
+export function panelMinHeight({ colorRow = false, view = false } = {}) {
+  const parts = [colorRow ? PANEL.colorRow : 0, view ? PANEL.viewMin : 0].filter((h) => h > 0);
+  if (!parts.length) return 0;
+  return PANEL.margin + parts.reduce((a, b) => a + b, 0) + PANEL.gap * (parts.length - 1);
 }

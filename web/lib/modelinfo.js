@@ -1,5 +1,12 @@
-// The model summary the loader sends after it ran (ui text: "BiRefNet <arch.family>\nkey:
-// value\n..."), parsed and shortened for display on the node. Pure functions, no DOM.
+// The model summary of the loader node ("BiRefNet <arch.family>\nkey: value\n..."), which the
+// server sends after the loader ran and from GET /birefnet/model_info before it ran, parsed
+// into the rows the node shows. Pure functions, no DOM.
+
+/** The pack's route that describes a model file without loading it (see nodes/loader.py). */
+export const INFO_ROUTE = "/birefnet/model_info";
+
+/** The loader widgets the description depends on, in query order. */
+export const INFO_WIDGETS = Object.freeze(["model_name", "family", "patch_order", "precision"]);
 
 /** "BiRefNet swin_v1_l.general\nfamily: ...\n..." -> {title, fields: [[key, value], ...]}. */
 export function parseModelInfo(text) {
@@ -16,25 +23,54 @@ export function parseModelInfo(text) {
   return { title, fields };
 }
 
-const ORDER = ["family", "working resolution", "backbone", "parameters", "precision",
-  "patch order", "file"];
+// Display order and shorter labels; "file" is left out (it is the model_name widget above).
+const ROWS = [["family", "family"], ["working resolution", "resolution"],
+  ["backbone", "backbone"], ["parameters", "parameters"], ["patch order", "patch order"],
+  ["precision", "precision"]];
+const HIDDEN = new Set(["file"]);
 
 /**
- * The display lines: the title, then the known fields in a fixed order (then any others);
- * each line at most `maxChars` long (ellipsis).
+ * The rows the node shows: {title: "swin_v1_l.general", rows: [[label, value], ...]}, the known
+ * fields in a fixed order, then any others as they came. Values are never shortened (the
+ * node wraps them); an empty or unparsable text gives {title: "", rows: []}.
  */
-export function formatModelInfo(text, maxChars = 64) {
+export function modelInfoRows(text) {
   const { title, fields } = parseModelInfo(text);
-  if (!title && fields.length === 0) return [];
-  const rank = (k) => {
-    const i = ORDER.indexOf(k);
-    return i < 0 ? ORDER.length : i;
-  };
-  const sorted = fields.map((f, i) => [f, i])
-    .sort((a, b) => rank(a[0][0]) - rank(b[0][0]) || a[1] - b[1]).map(([f]) => f);
-  const clip = (s) => (s.length > maxChars ? s.slice(0, Math.max(1, maxChars - 1)) + "…" : s);
-  const out = [];
-  if (title) out.push(clip(title));
-  for (const [k, v] of sorted) out.push(clip(k ? `${k}: ${v}` : v));
-  return out;
+  const byKey = new Map(fields.filter(([k]) => k).map(([k, v]) => [k, v]));
+  const rows = [];
+  for (const [key, label] of ROWS) {
+    if (byKey.has(key)) rows.push([label, byKey.get(key)]);
+  }
+  const known = new Set([...ROWS.map(([k]) => k), ...HIDDEN]);
+  for (const [key, value] of fields) {
+    if (!known.has(key)) rows.push([key, value]);
+  }
+  return { title: title.replace(/^BiRefNet\s+/, ""), rows };
+}
+
+/**
+ * One line for a node too short for the rows: "swin_v1_l.hr_matting · HR matting (2048²) ·
+ * 220.2 M" (title, family, parameter count), or "" for an empty text.
+ */
+export function modelInfoSummary(text) {
+  const { title, rows } = modelInfoRows(text);
+  const field = (label) => rows.find(([k]) => k === label)?.[1];
+  const params = field("parameters")?.replace(/\s*\(.*\)$/, "");
+  return [title, field("family")?.replace(/\s*\[matting\]$/, ""), params]
+    .filter(Boolean).join(" · ");
+}
+
+/**
+ * The query string of INFO_ROUTE for the loader's widget values ({model_name, family, ...}),
+ * or null when no model is selected.
+ */
+export function infoQuery(values) {
+  const name = values?.model_name;
+  if (typeof name !== "string" || !name || name === "none") return null;
+  const params = new URLSearchParams();
+  for (const key of INFO_WIDGETS) {
+    const value = values[key];
+    if (value !== undefined && value !== null && value !== "") params.set(key, String(value));
+  }
+  return params.toString();
 }

@@ -33,3 +33,17 @@ export function afterRank(nodeType, slot) {
   const spec = COMPARE_NODES[nodeType];
   return spec ? spec.outputs.indexOf(slot) : -1;
 }
+
+/**
+ * The image record a file widget names (LoadImage's "image": "name.png", "sub/name.png" or
+ * "name.png [output]"; input files by default), or null for anything else.
+ */
+export function fileFromWidgetValue(value) {
+  if (typeof value !== "string" || !value.trim()) return null;
+  const m = /^(.*?)(?:\s*\[(input|output|temp)\])?$/.exec(value.trim());
+  const path = m[1];
+  if (!/\.(png|jpe?g|webp|gif|bmp|tiff?)$/i.test(path)) return null;
+  const cut = path.lastIndexOf("/");
+  return { filename: path.slice(cut + 1), subfolder: cut >= 0 ? path.slice(0, cut) : "",
+    type: m[2] ?? "input" };
+}

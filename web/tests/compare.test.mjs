@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { afterClipPath, clampFraction, containRect, splitFromPointer, splitX, viewHeight }
-  from "../lib/compare.js";
+import { afterClipPath, clampFraction, containRect, PANEL, panelMinHeight, splitFromPointer,
+  splitX } from "../lib/compare.js";
 
 test("containRect letterboxes a wide image and pillarboxes a tall one", () => {
   assert.deepEqual(containRect(200, 200, 400, 200), { x: 0, y: 50, w: 200, h: 100 });
@@ -30,9 +30,12 @@ test("clip path and fractions", () => {
   assert.equal(clampFraction(NaN), 0.5);
 });
 
-test("view height follows the aspect within bounds", () => {
-  assert.equal(viewHeight(300, 600, 300), 150);
-  assert.equal(viewHeight(300, 100, 1000), 640);
-  assert.equal(viewHeight(300, 1000, 10), 120);
-  assert.equal(viewHeight(0, 1, 1), 120);
+test("the panel asks only for what it shows, the frontend's margins included", () => {
+  assert.equal(panelMinHeight({}), 0);
+  assert.equal(panelMinHeight({ colorRow: true }), PANEL.margin + PANEL.colorRow);
+  assert.equal(panelMinHeight({ view: true }), PANEL.margin + PANEL.viewMin);
+  assert.equal(panelMinHeight({ colorRow: true, view: true }),
+    PANEL.margin + PANEL.colorRow + PANEL.gap + PANEL.viewMin);
+  // small enough that a shown view never pushes a node far over its neighbour
+  assert.ok(panelMinHeight({ colorRow: true, view: true }) <= 200);
 });

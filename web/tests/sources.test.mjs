@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { afterRank, COMPARE_NODES, firstImage, viewQuery } from "../lib/sources.js";
+import { afterRank, COMPARE_NODES, fileFromWidgetValue, firstImage, viewQuery }
+  from "../lib/sources.js";
 
 test("view query escapes names", () => {
   assert.equal(viewQuery({ filename: "a b&c.png", subfolder: "x/y", type: "temp" }),
@@ -23,4 +24,14 @@ test("after ranks: the image outputs first", () => {
   assert.equal(afterRank("BiRefNetComposite", 5), -1);
   assert.equal(afterRank("SaveImage", 0), -1);
   assert.equal(COMPARE_NODES.BiRefNetSegment.input, "images");
+});
+
+test("file named by a LoadImage widget", () => {
+  assert.deepEqual(fileFromWidgetValue("example.png"),
+    { filename: "example.png", subfolder: "", type: "input" });
+  assert.deepEqual(fileFromWidgetValue("pasted/a b.JPG [output]"),
+    { filename: "a b.JPG", subfolder: "pasted", type: "output" });
+  for (const bad of [undefined, "", "clip.mp4", 3, "  "]) {
+    assert.equal(fileFromWidgetValue(bad), null, String(bad));
+  }
 });
