@@ -37,7 +37,8 @@ PINNED_FRONTEND = "1.27.10"  # what ComfyUI 0.3.64's requirements install
 NEWEST_FRONTEND = "1.38.3"  # newest frontend that works with the 0.3.64 backend
 START_TIMEOUT = float(os.environ.get("COMFYUI_START_TIMEOUT", 240))
 RUN_TIMEOUT = float(os.environ.get("COMFYUI_RUN_TIMEOUT", 600))
-HOST_REQUIREMENTS = ("aiohttp", "alembic", "av", "comfyui_frontend_package", "yaml", "spandrel")
+HOST_REQUIREMENTS = ("aiohttp", "alembic", "av", "comfyui_frontend_package", "yaml", "spandrel",
+                     "requests")
 
 
 def in_ci() -> bool:
