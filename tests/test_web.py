@@ -11,6 +11,7 @@ exactly what the loader says after loading it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import shutil
@@ -191,7 +192,13 @@ def get(models, monkeypatch):
             response = await client.get(loader.INFO_ROUTE, params=query)
             return response.status, json.loads(await response.text())
 
-    return lambda query: asyncio.run(ask(query))
+    def run(query):
+        # A thread of its own: the session's browser tests (Playwright's sync API) may keep an
+        # event loop running in this one, where asyncio.run refuses to start.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, ask(query)).result()
+
+    return run
 
 
 def test_model_info_route(models, get):
