@@ -11,12 +11,14 @@ nodes therefore fails here before a user's saved workflow breaks.
 
 The layout is checked too, as the canvas draws it: no two nodes overlap (title bars included),
 the saved view shows every node in a 1280x720 window, no link is drawn across a note, and our
-nodes have room for the panels the web extension adds (model info, colour row, before/after
-view), so nothing grows over its neighbour after a run.
+nodes have room for the panels the web extension adds (model info, colour row), with free
+canvas below those whose before/after view appears after the first run, so nothing grows over
+its neighbour then.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -298,9 +300,12 @@ VUE_SCALE = 1.2
 MIN_SCALE = 8 / 14
 NOTES = {"Note", "MarkdownNote"}
 # The web extension's panels need this much height besides the node's own slots and widgets
-# (web/lib/compare.js panelMinHeight, the model info's title + 6 rows): without it the panel
-# grows the node over the one below once it has something to show.
-PANEL_ROOM = {"model_info": 120, "color_row": 46, "compare": 140}
+# (the model info's title + 6 rows, web/lib/compare.js panelMinHeight for the colour row).
+PANEL_ROOM = {"model_info": 100, "color_row": 46}
+# A node whose before/after view shows once a preview downstream has a result grows by this
+# much then (panelMinHeight with the view, less the slack of the node's own widgets).
+COMPARE_GROWTH = 140
+COMPARE_NODES = ("BiRefNetSegment", "BiRefNetComposite")
 IMAGE_PREVIEWS = {"SaveImage", "PreviewImage", "MaskPreview", "SaveAnimatedWEBP",
                   "SaveAnimatedPNG"}
 
@@ -391,9 +396,18 @@ def _base_height(info: dict, node: dict) -> float:
     return 46 + 22 * rows + 24 * len(node.get("widgets_values") or [])
 
 
+def after_first_run(wf: dict) -> dict:
+    """The workflow as it looks once it ran: the compare nodes feeding a preview have grown."""
+    grown = copy.deepcopy(wf)
+    nodes = {n["id"]: n for n in grown["nodes"]}
+    previewed = {row[1] for row in grown["links"] if nodes[row[3]]["type"] in IMAGE_PREVIEWS}
+    for node in grown["nodes"]:
+        if node["type"] in COMPARE_NODES and node["id"] in previewed:
+            node["size"][1] += COMPARE_GROWTH
+    return grown
+
+
 def panels_without_room(wf: dict, object_info: dict) -> list[str]:
-    nodes = {n["id"]: n for n in wf["nodes"]}
-    previewed = {row[1] for row in wf["links"] if nodes[row[3]]["type"] in IMAGE_PREVIEWS}
     problems = []
     for node in wf["nodes"]:
         kind = node["type"]
@@ -404,25 +418,29 @@ def panels_without_room(wf: dict, object_info: dict) -> list[str]:
             values = widget_values_by_name(object_info[kind], node["widgets_values"])
             if values.get("background_mode") == "color":
                 need += PANEL_ROOM["color_row"]
-        if kind in ("BiRefNetSegment", "BiRefNetComposite") and node["id"] in previewed:
-            need += PANEL_ROOM["compare"]
         if need and node["size"][1] < _base_height(object_info[kind], node) + need:
             problems.append(f"{node['id']} ({kind}) is {node['size'][1]} px tall, its widgets "
                             f"and panel need {_base_height(object_info[kind], node) + need}")
     return problems
 
 
-@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
-def test_layout_nodes_do_not_overlap(path):
-    problems = overlapping_nodes(_load(path))
-    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+LAYOUT_STATES = {"as loaded": lambda wf: wf, "after a run": after_first_run}
 
 
+@pytest.mark.parametrize("state", LAYOUT_STATES)
 @pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
-def test_layout_saved_view_shows_every_node(path):
-    wf = _load(path)
+def test_layout_nodes_do_not_overlap(path, state):
+    problems = overlapping_nodes(LAYOUT_STATES[state](_load(path)))
+    assert not problems, f"{path.name} ({state}):\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("state", LAYOUT_STATES)
+@pytest.mark.parametrize("path", _workflow_files(), ids=lambda p: p.name)
+def test_layout_saved_view_shows_every_node(path, state):
+    wf = LAYOUT_STATES[state](_load(path))
     problems = nodes_outside_view(wf)
-    assert not problems, f"{path.name} (ds {wf['extra'].get('ds')}):\n  " + "\n  ".join(problems)
+    assert not problems, (f"{path.name} ({state}, ds {wf['extra'].get('ds')}):\n  "
+                          + "\n  ".join(problems))
     assert MIN_SCALE <= wf["extra"]["ds"]["scale"] <= 1.0, (
         f"{path.name}: fitted at zoom {wf['extra']['ds']['scale']}, where the canvas drops the "
         "nodes' text; make the layout more compact")
@@ -460,6 +478,12 @@ def test_layout_checks_catch_what_they_are_for(object_info):
     wf = _first_workflow()
     _node(wf, "BiRefNetModelLoader")["size"][1] = 170
     assert any("BiRefNetModelLoader" in p for p in panels_without_room(wf, object_info))
+    # the segment's compare view, once shown, would reach the note below it
+    wf = _first_workflow()
+    seg, note = _node(wf, "BiRefNetSegment"), _node(wf, "Note")
+    note["pos"][1] = seg["pos"][1] + seg["size"][1] + TITLE + 10
+    assert not overlapping_nodes(wf)
+    assert any("overlaps" in p for p in overlapping_nodes(after_first_run(wf)))
 
 
 # -- the checker itself catches the mistakes it is there for ----------------------------------

@@ -70,7 +70,9 @@ const CSS = `
 .birefnet-info-grid.stale .title, .birefnet-info-grid.stale .value { opacity: 0.45; }
 /* Nodes 2.0 (node elements carry data-node-id) draws its widgets larger than the canvas does */
 [data-node-id] .birefnet-color-row { height: 30px; font-size: 13px; }
-[data-node-id] .birefnet-info { font-size: 12px; line-height: 17px; }
+[data-node-id] .birefnet-info { height: auto; font-size: 12px; line-height: 17px; }
+[data-node-id] .birefnet-info-grid { position: static; } /* Nodes 2.0 sizes rows by content */
+[data-node-id] .birefnet-panel:not(.with-view) { height: auto; } /* the colour row alone */
 `;
 
 function warn(what, err) {
@@ -297,13 +299,17 @@ function addPanel(node) {
   const compare = compareView();
   if (color) panel.append(color.row);
   panel.append(compare.view);
+  const minHeight = () => panelMinHeight({ colorRow: !!color?.visible(), view: compare.shown() });
   const widget = addDomWidget(node, "panel", panel, {
-    getMinHeight: () => panelMinHeight({ colorRow: !!color?.visible(), view: compare.shown() }),
+    getMinHeight: minHeight,
+    // the node's free space goes to the view, and nowhere while there is none to show
+    getMaxHeight: () => (compare.shown() ? undefined : minHeight()),
   });
   if (!widget) return;
   const update = () => {
     color?.refresh();
     panel.style.display = color?.visible() || compare.shown() ? "flex" : "none";
+    panel.className = compare.shown() ? "birefnet-panel with-view" : "birefnet-panel";
     growToFit(node); // the row or the view may have appeared
   };
   if (color) {
@@ -458,6 +464,7 @@ function addModelInfo(node) {
 
   const widget = addDomWidget(node, "model_info", box, {
     getMinHeight: () => PANEL.margin + INFO_LINE + 8, // one line; more where the node has room
+    getMaxHeight: () => PANEL.margin + Math.max(INFO_LINE + 8, grid.scrollHeight || 0),
   });
   if (!widget) return;
   for (const name of INFO_WIDGETS) onWidgetChange(node, name, refresh);

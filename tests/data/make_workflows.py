@@ -5,7 +5,8 @@ Usage: python tests/data/make_workflows.py OBJECT_INFO.json workflows/  (OBJECT_
 
 Layout: nodes are stacked in columns (:class:`Column`) with a gap that includes the title bar
 (drawn above a node's ``pos``), sized with room for the pack's panels (the loader's model info,
-Composite's colour row, the before/after view where a preview follows), and the saved view
+Composite's colour row) and with free canvas below a node whose before/after view appears
+after the first run (where a preview follows: the node grows into it), and the saved view
 (``extra.ds``) is fitted so that the whole graph shows in a 1280x720 window on the frontends
 0.3.64 serves, with either node renderer, at a zoom where the canvas still draws text, and
 clear of the buttons the frontend floats over the canvas. ``tests/test_workflows.py`` checks
@@ -123,6 +124,8 @@ class WF:
               "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
               "extra": {"ds": clear_overlays(self.nodes), "frontendVersion": "1.27.10"},
               "version": 0.4}
+        for n in self.nodes:
+            n.pop("_grow", None)
         (OUT / name).write_text(json.dumps(wf, indent=2) + "\n")
 
 
@@ -148,10 +151,12 @@ OVERLAYS = ((930, 38, 1280, 95), (58, 38, 96, 70))
 MARGIN = 8
 MAX_SCALE = 0.9
 
-# Room for the pack's DOM panels (web/lib/compare.js PANEL, web/birefnet.js model info).
-INFO = 150  # model info: a title and 6 rows of 15 px (one wraps at 300 px), + margins
+# Room for the pack's DOM panels (web/lib/compare.js PANEL, web/birefnet.js model info), on
+# top of the height this generator gives a node's own widgets (~30 px more than the classic
+# canvas needs, what Nodes 2.0 draws): the panels fill it without empty space.
+INFO = 105  # model info: a title and 6 rows of 15 px + margins, less those 30 px
 COLOR_ROW = 46  # Composite's colour chip (background_mode "color"): 26 + margins
-COMPARE = 160  # a before/after view (at least 140) where a preview node follows
+GROW = 150  # free canvas below a node whose before/after view comes after a run (it grows ~140)
 
 
 def fit_view(nodes):
@@ -160,7 +165,7 @@ def fit_view(nodes):
     left = min(n["pos"][0] for n in nodes)
     top = min(n["pos"][1] - TITLE for n in nodes)
     right = max(n["pos"][0] + n["size"][0] for n in nodes)
-    bottom = max(n["pos"][1] + n["size"][1] for n in nodes)
+    bottom = max(n["pos"][1] + n["size"][1] + n.get("_grow", 0) for n in nodes)
     vx0, vy0, vx1, vy1 = VIEW
     scale = min(MAX_SCALE, (vx1 - vx0 - 2 * MARGIN) / (right - left) / VUE_SCALE,
                 (vy1 - vy0 - 2 * MARGIN) / (bottom - top) / VUE_SCALE)
@@ -177,7 +182,7 @@ def _screen_rects(nodes, ds):
     (ox, oy), s = ds["offset"], ds["scale"]
     for n in nodes:
         x0, y0 = n["pos"][0], n["pos"][1] - TITLE
-        x1, y1 = n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]
+        x1, y1 = n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1] + n.get("_grow", 0)
         for k in (1.0, VUE_SCALE):
             yield n, k, [(left + (x0 - left) * k + ox) * s, (top + (y0 - top) * k + oy) * s,
                          (left + (x1 - left) * k + ox) * s, (top + (y1 - top) * k + oy) * s]
@@ -209,10 +214,15 @@ class Column:
     def right(self):
         return self.x + self.width
 
-    def add(self, t, widgets=None, **kw):
+    def add(self, t, widgets=None, grow=0, **kw):
+        """Add a node below the last; ``grow``: free canvas it may grow into (kept out of the
+        saved file, checked by the layout tests from the links)."""
         kw.setdefault("width", self.width)
         n = self.wf.node(t, (self.x, self.y), widgets, **kw)
-        self.y = n["pos"][1] + n["size"][1] + (IMAGE_GAP if t in IMAGE_NODES else GAP) + TITLE
+        if grow:
+            n["_grow"] = grow
+        self.y = (n["pos"][1] + n["size"][1] + grow + TITLE
+                  + (IMAGE_GAP if t in IMAGE_NODES else GAP))
         return n
 
 
@@ -230,10 +240,10 @@ def note(col, text, height):
 # (a) remove background -> RGBA PNG ------------------------------------------------------------
 w = WF()
 c1 = Column(w, 0, 320)
-img = c1.add("LoadImage", {"image": "example.png"}, size=[320, 300])
+img = c1.add("LoadImage", {"image": "example.png"}, size=[320, 360])
 ld = c1.add("BiRefNetModelLoader", {"model_name": "BiRefNet.safetensors"}, extra=INFO)
-c2 = next_to(c1, 340)
-seg = c2.add("BiRefNetSegment", extra=COMPARE + 40)
+c2 = next_to(c1, 340, gap=100)  # the model link's curve stays clear of the note
+seg = c2.add("BiRefNetSegment", grow=GROW)
 note(c2, (
     "Remove background -> transparent PNG\n\n"
     "1. Put BiRefNet weights in models/birefnet (e.g. BiRefNet.safetensors from "
@@ -245,7 +255,7 @@ note(c2, (
     "before/after view."),
     230)
 c3 = next_to(c2, 340, gap=120)  # the mask link's curve stays clear of the note
-save = c3.add("SaveImage", {"filename_prefix": "birefnet/rgba"}, size=[340, 320])
+save = c3.add("SaveImage", {"filename_prefix": "birefnet/rgba"}, size=[340, 350])
 prev = c3.add("MaskPreview", size=[340, 260])
 w.link(img, 0, seg, "images"); w.link(ld, 0, seg, "model")
 w.link(seg, "rgba", save, "images"); w.link(seg, "mask", prev, "mask")
@@ -256,9 +266,9 @@ w.save("birefnet_remove_background.json")
 w = WF()
 c1 = Column(w, 0)
 img = c1.add("LoadImage", {"image": "example.png"}, title="Load Image (subject)",
-             size=[300, 290])
+             size=[300, 330])
 bg = c1.add("LoadImage", {"image": "background.png"}, title="Load Image (new background)",
-            size=[300, 290])
+            size=[300, 330])
 c2 = next_to(c1)
 ld = c2.add("BiRefNetModelLoader", {"model_name": "BiRefNet.safetensors"}, extra=INFO)
 seg = c2.add("BiRefNetSegment")
@@ -272,12 +282,12 @@ note(c2, (
 c3 = next_to(c2)
 cc = c3.add("BiRefNetComposite", {"background_mode": "color", "color": "#2E86DE",
                                   "output_alpha": False},
-            title="BiRefNet Composite (colour)", extra=COLOR_ROW + COMPARE)
+            title="BiRefNet Composite (colour)", extra=COLOR_ROW, grow=GROW)
 sc = c3.add("SaveImage", {"filename_prefix": "birefnet/on_colour"}, size=[300, 270])
 c4 = next_to(c3)
 ci = c4.add("BiRefNetComposite", {"background_mode": "image", "fit": "cover",
                                   "output_alpha": False},
-            title="BiRefNet Composite (image)", extra=COMPARE)
+            title="BiRefNet Composite (image)", grow=GROW)
 si = c4.add("SaveImage", {"filename_prefix": "birefnet/on_image"}, size=[300, 270])
 w.link(img, 0, seg, "images"); w.link(ld, 0, seg, "model")
 for c in (cc, ci):
@@ -320,7 +330,7 @@ w.save("birefnet_video.json")
 # (d) SD inpainting of the background -----------------------------------------------------------
 w = WF()
 c1 = Column(w, 0)
-img = c1.add("LoadImage", {"image": "example.png"}, size=[300, 290])
+img = c1.add("LoadImage", {"image": "example.png"}, size=[300, 330])
 ld = c1.add("BiRefNetModelLoader", {"model_name": "BiRefNet.safetensors"}, extra=INFO)
 c2 = next_to(c1)
 seg = c2.add("BiRefNetSegment")
@@ -349,7 +359,7 @@ vd = c4.add("VAEDecode")
 c5 = next_to(c4)
 cp = c5.add("BiRefNetComposite", {"background_mode": "image", "fit": "stretch",
                                   "output_alpha": False},
-            title="BiRefNet Composite (subject over new background)", extra=COMPARE)
+            title="BiRefNet Composite (subject over new background)", grow=GROW)
 sv = c5.add("SaveImage", {"filename_prefix": "birefnet/inpainted"}, size=[300, 290])
 w.link(img, 0, seg, "images"); w.link(ld, 0, seg, "model")
 w.link(seg, "mask", inv, "mask"); w.link(inv, 0, gm, "mask")
@@ -366,7 +376,7 @@ w.save("birefnet_sd_inpaint_background.json")
 # (e) box-guided segmentation of a large image ------------------------------------------------
 w = WF()
 c1 = Column(w, 0)
-img = c1.add("LoadImage", {"image": "large_photo.jpg"}, size=[300, 290])
+img = c1.add("LoadImage", {"image": "large_photo.jpg"}, size=[300, 330])
 canvas = c1.add("SolidMask", {"value": 0.0, "width": 1000, "height": 1000},
                 title="Solid Mask (canvas = whole image)")
 box = c1.add("SolidMask", {"value": 1.0, "width": 400, "height": 600},
@@ -391,7 +401,7 @@ note(c3, (
 c4 = next_to(c3)
 rf = c4.add("BiRefNetRefineMask", {"working_size": 2048, "fill_holes_px": 0})
 c5 = next_to(c4)
-cp = c5.add("BiRefNetComposite", extra=COMPARE)
+cp = c5.add("BiRefNetComposite", grow=GROW)
 sv = c5.add("SaveImage", {"filename_prefix": "birefnet/box"}, size=[300, 290])
 w.link(canvas, 0, mc, "destination"); w.link(box, 0, mc, "source")
 w.link(img, 0, seg, "images"); w.link(ld, 0, seg, "model"); w.link(mc, 0, seg, "region")

@@ -45,13 +45,13 @@ export function afterClipPath(fraction) {
 
 // Heights (px) of the panel under the node's widgets. The classic renderer gives a DOM widget
 // its height minus a 10 px margin above and below; Nodes 2.0 sizes it from its CSS (the view's
-// min-height), so both renderers reserve the same room.
-export const PANEL = Object.freeze({ margin: 20, colorRow: 26, gap: 4, viewMin: 120 });
+// min-height), so both renderers ask for the same room.
+export const PANEL = Object.freeze({ margin: 20, colorRow: 26, gap: 4, viewMin: 150 });
 
 /**
  * The least height the panel asks the node for: the colour row and/or the compare view when
- * they are shown, nothing when neither is. Free space in the node goes to the view; the node
- * never grows for it beyond this.
+ * they are shown, nothing when neither is (no empty box before the first result). When the
+ * view appears the node grows by this much at most; free space in the node goes to the view.
  */
 export function panelMinHeight({ colorRow = false, view = false } = {}) {
   const parts = [colorRow ? PANEL.colorRow : 0, view ? PANEL.viewMin : 0].filter((h) => h > 0);

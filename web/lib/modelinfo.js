@@ -31,8 +31,8 @@ const HIDDEN = new Set(["file"]);
 
 /**
  * The rows the node shows: {title: "swin_v1_l.general", rows: [[label, value], ...]}, the known
- * fields in a fixed order, then any others as they came. Values are never shortened (the
- * node wraps them); an empty or unparsable text gives {title: "", rows: []}.
+ * fields in a fixed order, then any others as they came. Values are shown whole (the node
+ * wraps them); an empty or unparsable text gives {title: "", rows: []}.
  */
 export function modelInfoRows(text) {
   const { title, fields } = parseModelInfo(text);

@@ -190,11 +190,13 @@ test("composite: the colour row is hidden unless background_mode is color and co
     const [row] = findAll(panel.element, "birefnet-color-row");
     assert.equal(row.style.display, "none");
     assert.equal(panel.options.getMinHeight(), 0, "nothing shown: no room asked");
+    assert.equal(panel.options.getMaxHeight(), 0, "nor given");
     assert.equal(panel.element.style.display, "none", "and no empty box");
     mode.value = "color";
     mode.callback?.("color");
     assert.equal(row.style.display, "flex");
     assert.equal(panel.element.style.display, "flex");
+    assert.equal(panel.options.getMaxHeight(), panel.options.getMinHeight(), "the row only");
     links.color = { origin_id: 9, origin_slot: 0 }; // 'color' converted to a linked input
     node.onConnectionsChange(1, 2, true);
     assert.equal(row.style.display, "none");
@@ -325,6 +327,7 @@ test("compare view gets the upstream preview as before and the downstream image 
   assert.equal(afterImg.src, "/api/view?filename=out.png&type=output&subfolder=");
   const shown = panel.options.getMinHeight();
   assert.ok(shown >= 100 && shown <= 200, `a shown view asks for a bounded height: ${shown}`);
+  assert.equal(panel.options.getMaxHeight(), undefined, "and takes the node's free space");
   view.dispatch("pointermove", { clientX: 50 });
   assert.match(afterImg.style.clipPath, /^inset\(0 0 0 [\d.]+%\)$/);
 });
