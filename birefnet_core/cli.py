@@ -40,6 +40,11 @@ from .errors import BiRefNetError, InputError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 OUTPUTS = ("rgba", "mask", "composite")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# Frames read ahead are held as float32: a chunk takes at most this many bytes (one 8K frame
+# alone is 400 MB, so it goes alone; 1080p goes 20 at a time), and at most CHUNK_FRAMES frames
+# so that small frames still show progress (and a Ctrl-C loses little work).
+CHUNK_BYTES = 512 << 20
+CHUNK_FRAMES = 64
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -171,14 +176,19 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _read_rgb(path: Path):
+def _read_rgb8(path: Path):
+    """``[H, W, 3]`` uint8."""
     import numpy as np
     import torch
     from PIL import Image
 
     with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(rgb)
+        return torch.from_numpy(np.array(im if im.mode == "RGB" else im.convert("RGB")))
+
+
+def _read_rgb(path: Path):
+    """``[H, W, 3]`` float32 in 0..1."""
+    return _read_rgb8(path).float().div_(255.0)
 
 
 def _unreadable_image_errors() -> tuple[type[BaseException], ...]:
@@ -188,29 +198,40 @@ def _unreadable_image_errors() -> tuple[type[BaseException], ...]:
     return OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 
-def chunks_of_same_size(jobs: Sequence[Job], size: int,
+def chunks_of_same_size(jobs: Sequence[Job], max_bytes: int,
                         on_error: Callable[[Job, BaseException], None],
+                        max_frames: int | None = None,
                         ) -> Iterator[tuple[list[Job], "object"]]:
-    """Yield ``(jobs, images [k,H,W,3])`` of consecutive frames that share a size, k <= size.
-    A frame that cannot be read is passed to ``on_error`` and left out."""
+    """Yield ``(jobs, images [k,H,W,3] float32)`` of consecutive frames that share a size and
+    together take at most ``max_bytes`` (always at least one frame), at most ``max_frames``.
+    A frame that cannot be read is passed to ``on_error`` and left out.
+
+    Frames are decoded to 8 bits and converted straight into the chunk's float buffer (no
+    float copy per frame, none to stack them); the buffer is allocated for the most frames
+    that may follow, and the pages of the slots never filled are never touched.
+    """
     import torch
 
     unreadable = _unreadable_image_errors()
     group: list[Job] = []
-    frames: list = []
+    buffer = None
     for job in jobs:
         try:
-            frame = _read_rgb(job.source)
+            frame = _read_rgb8(job.source)
         except unreadable as exc:
             on_error(job, exc)
             continue
-        if frames and (frame.shape != frames[0].shape or len(frames) == size):
-            yield group, torch.stack(frames)
-            group, frames = [], []
+        if group and (frame.shape != buffer.shape[1:] or len(group) == len(buffer)):
+            yield group, buffer[:len(group)]
+            group, buffer = [], None
+        if buffer is None:
+            fits = max(1, max_bytes // (frame.numel() * 4))
+            buffer = torch.empty((min(fits, max_frames or fits), *frame.shape))
+        buffer[len(group)].copy_(frame).div_(255.0)
         group.append(job)
-        frames.append(frame)
-    if frames:
-        yield group, torch.stack(frames)
+        del frame
+    if group:
+        yield group, buffer[:len(group)]
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -221,7 +242,7 @@ def _save(array, path: Path) -> None:
     import torch
     from PIL import Image
 
-    data = array.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    data = array.clamp(0, 1).mul_(255).round_().to(torch.uint8).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         Image.fromarray(np.ascontiguousarray(data)).save(f, format="PNG")
@@ -405,25 +426,38 @@ def _remove(args, jobs: Sequence[Job], background, tally: _Tally, progress: _Pro
         fail(job, "not an image, or a damaged one" if isinstance(exc, UnidentifiedImageError)
              else f"cannot read it ({exc})")  # (UnidentifiedImageError repeats the path)
 
-    for group, images in chunks_of_same_size(jobs, max(args.batch_size, 1) * 4, unreadable):
+    # Memory follows the frame size, not the frame count: chunks are sized in bytes, outputs
+    # are rendered one frame at a time (foreground estimation needs several frame-sized
+    # buffers), and a chunk is let go before the next is read.
+    chunks = chunks_of_same_size(jobs, CHUNK_BYTES, unreadable,
+                                 max_frames=max(CHUNK_FRAMES, args.batch_size))
+    for group, images in chunks:
         try:
             masks = predict_masks(loaded.model, images, family=loaded.info.family,
                                   resolution=args.resolution, precision=args.precision,
                                   batch_size=args.batch_size,
                                   on_note=lambda note: progress.say(f"note: {note}"))
-            frames = render(args.output, images, masks, background, not args.no_foreground)
         except BiRefNetError as exc:  # e.g. out of memory with one frame: the next may fit
             for job in group:
                 fail(job, str(exc))
             continue
-        for job, frame in zip(group, frames):
+        for i, job in enumerate(group):
+            try:
+                frame = render(args.output, images[i:i + 1], masks[i:i + 1], background,
+                               not args.no_foreground)[0]
+            except BiRefNetError as exc:
+                fail(job, str(exc))
+                continue
             try:
                 _save(frame, job.target)
             except OSError as exc:
                 fail(job, f"cannot write {job.target} ({exc.strerror or exc})")
                 continue
+            finally:
+                del frame
             tally.done += 1
             progress(tally.done + tally.failed)
+        del images, masks
 
 
 def cmd_info(args: argparse.Namespace) -> int:

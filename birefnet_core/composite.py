@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .filters import Tiles, band_tiles, box_filter, gather_tiles
-from .refine import as_mask4d, match_mask_to_image
+from .refine import as_mask4d, check_finite, match_mask_to_image
 
 __all__ = [
     "parse_hex_color",
@@ -55,7 +55,7 @@ def parse_hex_color(text: str) -> tuple[float, float, float, float]:
 
 def _image4d(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """IMAGE ``[B,H,W,C]`` / ``[H,W,C]`` -> float ``[B,C,H,W]`` in 0..1 (uint8 is divided by 255;
-    float data above 1.5 is refused as 0..255)."""
+    float data above 1.5 is refused as 0..255, NaN or inf as such)."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or \
             image.shape[-1] not in (3, 4):
         raise InputError(f"{name}: expected an IMAGE [B,H,W,3|4] (or [H,W,3|4]), got "
@@ -66,6 +66,7 @@ def _image4d(image: torch.Tensor, name: str = "image") -> torch.Tensor:
         image = image.float().div_(255)
     elif not image.is_floating_point():
         image = image.float()
+    check_finite(image, name)
     if image.numel():
         peaks = image.amax(dim=(1, 2, 3))
         over = (peaks > 1.5).nonzero()  # 0..255 data in a float tensor; overshoot is tolerated
@@ -323,7 +324,8 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
             image.shape[-2:] != alpha.shape[-2:]:
         raise InputError(f"estimate_foreground: expected image [B,3,H,W] and alpha [B,1,H,W] of "
                          f"one size, got {list(image.shape)} and {list(alpha.shape)}.")
-    alpha = alpha.clamp(0, 1)
+    check_finite(image, "image")
+    alpha = check_finite(alpha, "alpha").clamp(0, 1)
     if method == "blur_fusion":
         return blur_fusion_foreground(image, alpha)
     H, W = image.shape[-2:]
@@ -405,18 +407,49 @@ def fit_background(background: torch.Tensor, size: tuple[int, int], mode: str = 
     h, w = background.shape[-2:]
     if mode == "stretch":
         return _resize(background, (H, W))
+    nh, nw = h, w
     if mode in ("cover", "contain"):
         s = max(H / h, W / w) if mode == "cover" else min(H / h, W / w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        background = _resize(background, (nh, nw))
-        h, w = nh, nw
-    out = background.new_zeros(background.shape[0], 4, H, W)
     # Centre: crop what overflows, pad what is missing.
-    sy, sx = max(0, (h - H) // 2), max(0, (w - W) // 2)
-    dy, dx = max(0, (H - h) // 2), max(0, (W - w) // 2)
-    ch, cw = min(h, H), min(w, W)
-    out[:, :, dy:dy + ch, dx:dx + cw] = background[:, :, sy:sy + ch, sx:sx + cw]
+    sy, sx = max(0, (nh - H) // 2), max(0, (nw - W) // 2)
+    dy, dx = max(0, (H - nh) // 2), max(0, (W - nw) // 2)
+    ch, cw = min(nh, H), min(nw, W)
+    if (nh, nw) == (h, w):
+        visible = background[:, :, sy:sy + ch, sx:sx + cw]
+    elif nh >= h and nw >= w:
+        # Enlarged (both sides scale alike): resample only the visible window. "cover" of a
+        # thin strip would otherwise build a scaled copy far larger than image and background.
+        visible = _upsampled_window(background, (nh, nw), (sy, sx), (ch, cw))
+    else:  # reduced: the scaled copy is smaller than the background
+        visible = _resize(background, (nh, nw))[:, :, sy:sy + ch, sx:sx + cw]
+    out = background.new_zeros(background.shape[0], 4, H, W)
+    out[:, :, dy:dy + ch, dx:dx + cw] = visible
     return out
+
+
+def _upsampled_window(x: torch.Tensor, scaled: tuple[int, int], start: tuple[int, int],
+                      size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, scaled, mode="bilinear")[..., y:y + h, x:x + w]`` for an enlargement
+    (``scaled`` >= ``x``'s size), computed for the window only: memory follows the window.
+
+    >>> x = torch.rand(1, 4, 3, 5)
+    >>> full = F.interpolate(x, size=(7, 40), mode="bilinear", align_corners=False)
+    >>> torch.allclose(_upsampled_window(x, (7, 40), (2, 9), (4, 6)), full[..., 2:6, 9:15])
+    True
+    """
+    for dim, n_out, first, n in ((-2, scaled[0], start[0], size[0]),
+                                 (-1, scaled[1], start[1], size[1])):
+        n_in = x.shape[dim]
+        # Source position of each output pixel, as F.interpolate (align_corners=False) maps it.
+        src = ((torch.arange(first, first + n, dtype=torch.float64, device=x.device) + 0.5)
+               * (n_in / n_out) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        lam = (src - i0).to(x.dtype)
+        lam = lam.view(-1, 1) if dim == -2 else lam
+        x = x.index_select(dim, i0).lerp_(x.index_select(dim, i1), lam)
+    return x
 
 
 def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
@@ -455,6 +488,7 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
         fg, old_bg = estimate_foreground(rgb, alpha, method=foreground)
     if despill_strength > 0:
         fg = despill(fg, alpha, old_bg, despill_strength)
+    del old_bg  # (frame-sized)
 
     if isinstance(background, str):
         if background.strip().lower() == "transparent":
@@ -473,15 +507,19 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
                          f"{type(background).__name__}.")
 
     # Straight-alpha "over": out_a = a + (1-a) ba; out_rgb = (a F + (1-a) ba B) / out_a.
-    ba = bg[:, 3:4]
-    out_a = alpha + (1 - alpha) * ba
-    premult = alpha * fg + (1 - alpha) * ba * bg[:, :3]
+    # Computed in place in the channels-last output (at 8K every full-size temporary is
+    # 400 MB); without alpha, the premultiplied colour is the result (over black).
+    out = rgb.new_empty(B, H, W, 4 if output_alpha else 3)
+    out_rgb = out.permute(0, 3, 1, 2)[:, :3]
+    behind = (1 - alpha) * bg[:, 3:4]  # the background's share of the result
+    torch.mul(alpha, fg, out=out_rgb).addcmul_(behind, bg[:, :3])
     if output_alpha:
-        out_rgb = torch.where(out_a > 1e-6, premult / out_a.clamp(min=1e-6), fg)
-        out = torch.cat([out_rgb.clamp(0, 1), out_a.clamp(0, 1)], 1)
-    else:
-        out = premult.clamp(0, 1)  # over black
-    out = out.permute(0, 2, 3, 1).contiguous()
+        out_a = behind.add_(alpha)
+        seen = out_a > 1e-6
+        out_rgb.div_(out_a.clamp(min=1e-6))
+        torch.where(seen, out_rgb, fg, out=out_rgb)  # fully transparent: keep F's colour
+        out[..., 3] = out_a[:, 0].clamp_(0, 1)
+    out_rgb.clamp_(0, 1)
     if return_foreground:
         return out, fg.permute(0, 2, 3, 1).contiguous()
     return out

@@ -65,10 +65,13 @@ def box_filter(x: torch.Tensor, radius: int | tuple[int, int]) -> torch.Tensor:
     True
     """
     ry, rx = (radius, radius) if isinstance(radius, int) else radius
-    ry, rx = int(ry), int(rx)
+    h, w = x.shape[-2:]
+    # A window of radius n - 1 already spans the whole axis from every pixel, so a larger one
+    # gives the same sums (and the same arithmetic): clamp, or the padded cumulative sum of
+    # _box_1d would grow with the radius instead of with the image.
+    ry, rx = min(int(ry), h - 1), min(int(rx), w - 1)
     if ry <= 0 and rx <= 0:
         return x
-    h, w = x.shape[-2:]
     shift = x.mean(dim=(-2, -1), keepdim=True)
     y = x - shift
     norm = None
@@ -198,8 +201,8 @@ def _line_max(x: torch.Tensor, m: int, dy: int, dx: int) -> torch.Tensor:
     length = 2 * m + 1
     low = torch.finfo(x.dtype).min
     pad_y, pad_x = m * abs(dy), m * abs(dx)
-    # Pad so every shifted read stays in bounds; the run starts at offset -m.
-    y = F.pad(x, (pad_x, pad_x + length * abs(dx), pad_y, pad_y + length * abs(dy)), value=low)
+    # Pad by m on both sides so the run for offset -m exists; reads beyond are `low`.
+    y = F.pad(x, (pad_x, pad_x, pad_y, pad_y), value=low)
     h, w = x.shape[-2:]
 
     def shifted(t, k):  # t[i + k*dy, j + k*dx] in padded coordinates, same size as t
@@ -224,11 +227,23 @@ def _line_max(x: torch.Tensor, m: int, dy: int, dx: int) -> torch.Tensor:
     return run[..., oy0:oy0 + h, ox0:ox0 + w]
 
 
+def _octagon(radius: int) -> tuple[int, int]:
+    """``(s, q)``: the half-width of the square and the diagonal reach of :func:`dilate`'s disk."""
+    q = int(math.floor(0.2929 * radius))
+    s = radius - 2 * q
+    if q > 0 and s < 1:
+        q -= 1
+        s = radius - 2 * q
+    return s, q
+
+
 def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Grey-scale dilation of ``[B, C, H, W]`` by an octagon approximating a disk of ``radius`` px.
 
-    The octagon is a square of half-width ``s`` plus a diamond of half-width ``2q``
-    (``s ~ 0.414 r``, ``q ~ 0.293 r``), each built from 1-D running maxima in O(log r) passes.
+    The octagon ``{|dx| <= r, |dy| <= r, |dx| + |dy| <= r + s}`` (``s ~ 0.414 r``) is a
+    square of half-width ``s`` plus a diamond of half-width ``2q`` (``q ~ 0.293 r``), each built
+    from 1-D running maxima in O(log r) passes. Memory is bounded by the image, whatever the
+    radius (offsets that cannot reach another pixel are dropped, see below).
 
     >>> x = torch.zeros(1, 1, 9, 9); x[..., 4, 4] = 1
     >>> y = dilate(x, 4)[0, 0]  # reaches 4 px along the axes, cuts the corners
@@ -238,18 +253,34 @@ def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
     radius = int(radius)
     if radius <= 0:
         return x
-    q = int(math.floor(0.2929 * radius))
-    s = radius - 2 * q
-    if q > 0 and s < 1:
-        q -= 1
-        s = radius - 2 * q
-    # Pad first: the decomposition passes through points outside the image, which must be kept.
-    pad = s + q if q > 0 else 0
     h, w = x.shape[-2:]
-    y = F.pad(x, (pad, pad, pad, pad), value=torch.finfo(x.dtype).min) if pad else x
-    y = _line_max(_line_max(y, s, 0, 1), s, 1, 0)
-    if q > 0:
-        y = _line_max(_line_max(y, q, 1, 1), q, 1, -1)
+    s, q = _octagon(radius)
+    # The element: the square's Minkowski sum with the diagonal lines' diamond {(a+b, a-b)}
+    # (which has holes where dx + dy is odd; the square, s >= 1, fills them) is exactly
+    # O(rx, ry, t) = {|dx| <= rx, |dy| <= ry, |dx| + |dy| <= t} with rx = ry = r, t = r + s.
+    # Only offsets with |dy| <= H - 1 and |dx| <= W - 1 can reach a pixel of the image, so the
+    # same dilation is O(min(r, W - 1), min(r, H - 1), t): the result for any larger radius is
+    # the same (once r >= H + W - 2 the element contains the diamond |dx| + |dy| <= H + W - 2,
+    # which covers the whole image from every pixel, and every frame becomes its maximum).
+    rx, ry, t = min(radius, w - 1), min(radius, h - 1), radius + s
+    n = rx + ry - t  # how far the diagonal edges cut into the clipped rectangle
+    if n <= 0:  # the clipped element is a rectangle: two separable passes, no padding
+        if rx == w - 1 and ry == h - 1:
+            return x.amax(dim=(-2, -1), keepdim=True).expand_as(x).clone()
+        return _line_max(_line_max(x, rx, 0, 1), ry, 1, 0)
+    # O(rx, ry, t) = rectangle (rx - n, ry - n) + full diamond |dx| + |dy| <= n; the diamond is
+    # the diagonal lines' one of half-width 2 (n // 2) (its holes filled by the rectangle,
+    # whose half-widths are >= s >= 1) plus, for an odd n, the 1-px cross. The diagonal
+    # passes read the rectangle's result up to n px outside the image: pad by n (< min(H, W),
+    # so the padded frame is under 9x the image).
+    q = n // 2
+    pad = n
+    low = torch.finfo(x.dtype).min
+    y = F.pad(x, (pad, pad, pad, pad), value=low)
+    y = _line_max(_line_max(y, rx - n, 0, 1), ry - n, 1, 0)
+    y = _line_max(_line_max(y, q, 1, 1), q, 1, -1)
+    if n % 2:
+        y = torch.maximum(_line_max(y, 1, 0, 1), _line_max(y, 1, 1, 0))
     return y[..., pad:pad + h, pad:pad + w]
 
 
@@ -367,12 +398,24 @@ def band_tiles(band: torch.Tensor, tile: int = 64, halo: int = 0) -> Tiles:
     (1, [0], [64])
     """
     b, _, h, w = band.shape
-    ny, nx = -(-h // tile), -(-w // tile)
-    pad = band.new_zeros(b, 1, ny * tile, nx * tile)
-    pad[..., :h, :w] = band
-    cells = pad.view(b, ny, tile, nx, tile).any(4).any(2)
+    # Reduced block by block (no grid padded to whole tiles: a tile far larger than the image
+    # must not allocate a tile-sized grid).
+    cells = _block_any(_block_any(band[:, 0].bool(), tile, 1), tile, 2)
     f, iy, ix = cells.nonzero(as_tuple=True)
     return Tiles(f, iy * tile, ix * tile, tile, halo, (h, w))
+
+
+def _block_any(x: torch.Tensor, tile: int, dim: int) -> torch.Tensor:
+    """``any`` over consecutive blocks of ``tile`` entries along ``dim`` (>= 0; the last block
+    may be shorter)."""
+    n = x.shape[dim]
+    full = n // tile
+    parts = []
+    if full:
+        parts.append(x.narrow(dim, 0, full * tile).unflatten(dim, (full, tile)).any(dim + 1))
+    if n > full * tile:
+        parts.append(x.narrow(dim, full * tile, n - full * tile).any(dim, keepdim=True))
+    return torch.cat(parts, dim)
 
 
 def gather_tiles(x, tiles: Tiles) -> torch.Tensor:

@@ -27,6 +27,7 @@ from .filters import (_inv3_sym, band_tiles, box_filter, component_areas,
                       guided_filter, scatter_tiles)
 
 __all__ = [
+    "check_finite",
     "as_mask4d",
     "match_mask_to_image",
     "levels",
@@ -47,8 +48,33 @@ TEMPORAL_MODES = ("none", "ema", "median")
 
 
 # --------------------------------------------------------------------------------------------
-# Shape handling
+# Shape handling and validation
 # --------------------------------------------------------------------------------------------
+def check_finite(t: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """Return ``t``, or raise :class:`InputError` naming the first frame that holds NaN or inf.
+
+    One NaN pixel would otherwise spread through every box filter (their running sums) to the
+    whole frame, and a morphology or threshold step would hide it: refuse it at the boundary.
+    Frames are indexed along dim 0 of a tensor with 3 or more dims.
+
+    >>> check_finite(torch.tensor([[[0.0, float("nan")]]]), "mask")
+    Traceback (most recent call last):
+    ...
+    birefnet_core.errors.InputError: mask: frame 0 has 1 NaN and 0 infinite value(s); one would ...
+    """
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return t
+    what, part = name, t
+    if t.ndim >= 3:
+        i = int((~torch.isfinite(t)).flatten(1).any(1).nonzero()[0])
+        what, part = f"{name}: frame {i}", t[i]
+    nan, inf = int(torch.isnan(part).sum()), int(torch.isinf(part).sum())
+    raise InputError(
+        f"{what} has {nan} NaN and {inf} infinite value(s); one would spread over the whole "
+        "frame. Fix the step that produced them (e.g. a division by zero), or replace them "
+        "first (torch.nan_to_num).")
+
+
 def as_mask4d(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, Callable]:
     """Return ``(mask as [B, 1, H, W] float, function restoring the caller's shape)``.
 
@@ -69,6 +95,7 @@ def as_mask4d(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, Cal
                          "Pass a single-channel mask (convert an image with ImageToMask first).")
     if not m4.is_floating_point():
         m4 = m4.float()
+    check_finite(m4, name)
     return m4, (lambda t: t.reshape(t.shape[0], *shape[1:]) if len(shape) != 2
                 else t.reshape(shape[-2:]))
 
@@ -86,7 +113,7 @@ def _guide4d(image: torch.Tensor, name: str = "guide") -> torch.Tensor:
         raise InputError(f"{name}: cannot tell the channel axis of shape {list(image.shape)}; "
                          "expected [B,H,W,3|4] or [B,3,H,W].")
     image = image[:, :3]
-    return image.float() if not image.is_floating_point() else image
+    return check_finite(image.float() if not image.is_floating_point() else image, name)
 
 
 def match_mask_to_image(mask4: torch.Tensor, size: tuple[int, int], batch: int) -> torch.Tensor:
@@ -109,8 +136,8 @@ def match_mask_to_image(mask4: torch.Tensor, size: tuple[int, int], batch: int) 
 def _radius(value, name: str) -> int:
     try:
         r = int(round(float(value)))
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a number of pixels, got {value!r}.") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf
+        raise InputError(f"{name}: expected a finite number of pixels, got {value!r}.") from None
     return r
 
 
@@ -126,8 +153,9 @@ def levels(mask: torch.Tensor, black: float = 0.0, white: float = 1.0,
     """
     if not white > black:
         raise InputError(f"levels: white point ({white}) must be above the black point ({black}).")
-    if gamma <= 0:
+    if not gamma > 0:
         raise InputError(f"levels: gamma must be > 0, got {gamma}.")
+    check_finite(mask)
     out = ((mask - black) / (white - black)).clamp(0, 1)
     return out if gamma == 1.0 else out.pow(1.0 / gamma)
 
@@ -138,7 +166,7 @@ def threshold(mask: torch.Tensor, value: float = 0.5) -> torch.Tensor:
     >>> threshold(torch.tensor([0.2, 0.5, 0.8])).tolist()
     [0.0, 1.0, 1.0]
     """
-    return (mask >= value).to(mask.dtype)
+    return (check_finite(mask) >= value).to(mask.dtype)
 
 
 def grow_shrink(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -165,9 +193,10 @@ def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
     >>> feather(torch.ones(1, 6, 6), 3).allclose(torch.ones(1, 6, 6))
     True
     """
-    if radius < 0:
-        raise InputError(f"feather radius must be >= 0 px, got {radius}.")
+    if not 0 <= radius < math.inf:
+        raise InputError(f"feather radius must be a finite number >= 0 px, got {radius}.")
     m4, back = as_mask4d(mask)
+    # (gaussian_like_blur's box filters clamp their radius to the image: bounded memory.)
     return back(gaussian_like_blur(m4, radius / 2.0).clamp(0, 1))
 
 
@@ -248,8 +277,8 @@ def _scale_factor(size: tuple[int, int], working_size) -> float:
         wh = ww = float(working_size)
     else:
         wh, ww = (float(v) for v in working_size)
-    if wh <= 0 or ww <= 0:
-        raise InputError(f"working_size must be positive, got {working_size!r}.")
+    if not (0 < wh < math.inf and 0 < ww < math.inf):
+        raise InputError(f"working_size must be positive and finite, got {working_size!r}.")
     return max(size[0] / wh, size[1] / ww)
 
 
@@ -426,20 +455,28 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
     return _fuse(guide, _sharpen_prior(prior, scale), *coeffs)
 
 
+def _tile_budget(x: torch.Tensor, max_pixels: int) -> int:
+    """Pixels of tile crops allowed for frames ``x`` ``[B, C, H, W]``: ``max_pixels``, but at
+    most 16x the frames' own area (and at least 64 Kpx). Halos grow with the scale; on a small
+    image at a tiny working size they would be far wider than the image itself."""
+    return min(max_pixels, max(2 ** 16, 16 * x.shape[0] * x.shape[-2] * x.shape[-1]))
+
+
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only.
 
     The tiles (with a halo of the largest radius, so the statistics are exact inside them)
     cover the thin band of a real matte: a few percent of a large image. If a feathered mask
-    puts more than ``max_pixels`` px of tiles in the band, the statistics are gathered at the
-    half the working size at one radius (4 working px) instead.
+    puts more than ``max_pixels`` px of tiles in the band (or more than :func:`_tile_budget`
+    allows for a small image), the statistics are gathered at half the working size at one
+    radius (4 working px) instead.
     """
     halo = max(1, round(max(_FB_FACTORS) * scale))
     tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
     tiles = band_tiles(band > 0.5, tile, halo)
     if len(tiles) == 0:
         return prior
-    if len(tiles) * (tile + 2 * halo) ** 2 > max_pixels:
+    if len(tiles) * (tile + 2 * halo) ** 2 > _tile_budget(guide, max_pixels):
         return _multiscale_colour_alpha(guide, prior, scale, factors=(4,), subsample=2 * scale)
     crops = gather_tiles([guide, prior], tiles)
     alpha = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, halo=halo)
@@ -498,7 +535,8 @@ def _band_matting(guide, alpha, band, scale, iterations, eps=1e-5, tile=32, halo
     or 64 px tiles change band SAD by < 1 %). Band tiles that would cost more than ``max_work``
     pixel-iterations get proportionally fewer iterations (at least 2). Beyond ``max_pixels``
     of tiles (a feathered mask: soft over most of the image, no thin edge for a matting solve
-    to sharpen, and ~7 s of Laplacian set-up at 2K) ``alpha`` is returned as it is.
+    to sharpen, and ~7 s of Laplacian set-up at 2K; or more than :func:`_tile_budget` allows
+    for a small image) ``alpha`` is returned as it is.
     """
     r = max(1, round(scale))
     halo = 3 * r + 2 if halo is None else halo
@@ -506,7 +544,7 @@ def _band_matting(guide, alpha, band, scale, iterations, eps=1e-5, tile=32, halo
     if len(tiles) == 0:
         return alpha
     pixels = len(tiles) * (tile + 2 * halo) ** 2
-    if pixels > max_pixels:
+    if pixels > _tile_budget(guide, max_pixels):
         return alpha
     iterations = min(iterations, max(2, max_work // pixels))
     crops = gather_tiles([guide, alpha, band], tiles)
@@ -607,6 +645,29 @@ def scene_cuts(frames: torch.Tensor, cut_threshold: float) -> torch.Tensor:
     return cuts
 
 
+def _windowed_median(seg: torch.Tensor, k: int) -> torch.Tensor:
+    """Median over frames ``t - k .. t + k`` of ``seg`` ``[n, ...]``, the ends repeated.
+
+    A half-width ``k >= n - 1`` gives the same result as ``k = n - 1``: every window then holds
+    all ``n`` frames plus extra copies of the first and the last one, and one more ``k`` adds
+    one copy of each. At most ``n - 2`` values lie outside ``[min(first, last), max(first,
+    last)]`` on either side, fewer than the ``k`` on each side of the median, so the median
+    lies between first and last, and adding a value on each side of it does not move it. So
+    ``k`` is clamped, and the windows are taken a few frames at a time: memory stays within
+    about the input's size, whatever the window.
+    """
+    n = seg.shape[0]
+    k = min(k, n - 1)
+    width = 2 * k + 1
+    t = torch.arange(n, device=seg.device)
+    index = (t[:, None] + torch.arange(-k, k + 1, device=seg.device)).clamp_(0, n - 1)
+    out = torch.empty_like(seg)
+    step = max(1, n // width)
+    for t0 in range(0, n, step):
+        out[t0:t0 + step] = seg[index[t0:t0 + step]].median(dim=1).values
+    return out
+
+
 def temporal_smooth(mask: torch.Tensor, mode: str = "ema", strength: float = 0.5,
                     window: int = 3, cut_threshold: float = 0.1,
                     frames: torch.Tensor | None = None) -> torch.Tensor:
@@ -628,10 +689,12 @@ def temporal_smooth(mask: torch.Tensor, mode: str = "ema", strength: float = 0.5
         raise InputError(f"temporal_smooth: mode {mode!r} is not one of {TEMPORAL_MODES}.")
     if not 0.0 <= strength < 1.0:
         raise InputError(f"temporal_smooth: strength must be in [0, 1), got {strength}.")
+    if mode == "median" and (window < 1 or window % 2 == 0):
+        raise InputError(f"temporal_smooth: window must be a positive odd number, got {window}.")
     m4, back = as_mask4d(mask)
     if mode == "none" or m4.shape[0] < 2:
         return mask
-    ref = m4 if frames is None else frames
+    ref = m4 if frames is None else check_finite(frames, "frames")
     if ref.shape[0] != m4.shape[0]:
         raise InputError(f"temporal_smooth: {ref.shape[0]} frames for {m4.shape[0]} masks.")
     cuts = scene_cuts(ref.to(m4.device, m4.dtype), cut_threshold).tolist()
@@ -640,13 +703,7 @@ def temporal_smooth(mask: torch.Tensor, mode: str = "ema", strength: float = 0.5
     for s, e in zip(starts[:-1], starts[1:]):  # one loop step per shot, not per frame
         seg = m4[s:e]
         if mode == "median":
-            if window < 1 or window % 2 == 0:
-                raise InputError(f"temporal_smooth: window must be a positive odd number, "
-                                 f"got {window}.")
-            k = window // 2
-            padded = torch.cat([seg[:1].expand(k, -1, -1, -1), seg,
-                                seg[-1:].expand(k, -1, -1, -1)], 0)
-            out[s:e] = padded.unfold(0, window, 1).median(dim=-1).values
+            out[s:e] = _windowed_median(seg, window // 2)
         else:
             fwd = seg.clone()
             for t in range(1, fwd.shape[0]):  # EMA is a recurrence: one step per frame

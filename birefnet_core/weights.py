@@ -361,6 +361,27 @@ def _mismatch_report(model_sd: Mapping[str, torch.Tensor], sd: Mapping[str, torc
     return "; ".join(parts)
 
 
+def _check_finite_weights(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                          path: str | os.PathLike) -> None:
+    """Refuse NaN / inf weights, naming the first such tensor: they would not fail, they would
+    turn every mask into NaN (shown as black) while reporting success.
+
+    A tensor's sum is NaN or inf whenever one of its values is, so one reduction per tensor
+    screens it (several times faster than ``isfinite().all()``, which then confirms: only a
+    sum overflowing fp32, impossible for real weights, could make the screen fire alone).
+    """
+    for key in expected:
+        tensor = sd[key]
+        if (tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum()))
+                and not bool(torch.isfinite(tensor).all())):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key!r} {tuple(tensor.shape)} holds {nan} NaN and {inf} "
+                f"infinite value(s) of {tensor.numel()}. The file is corrupt, was saved from a "
+                "diverged training run, or was converted to fp16 with values beyond its range: "
+                "download the published file again.")
+
+
 def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | None = None, *,
                 patch_order: PatchOrder | str = PatchOrder.SPLIT,
                 device: torch.device | str = "cpu",
@@ -396,6 +417,7 @@ def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | Non
             f"{path}: weights must be floating point, but {len(not_float)} tensor(s) are not: "
             f"{', '.join(not_float[:5])}{more}. The file is corrupt or a quantised/converted "
             "export this loader does not read; use the published model.safetensors.")
+    _check_finite_weights(sd, expected, path)
     model.load_state_dict(sd, strict=True, assign=True)
     model.reset_static()
     return model.to(device).eval()

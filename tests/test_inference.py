@@ -292,12 +292,34 @@ def test_estimate_memory(tiny_model):
         estimate_memory("resnet50", (64, 64))
 
 
-def test_auto_batch_size_on_cpu():
-    net = StubNet()
-    plan = resolve_precision("auto", "cpu")
-    k = auto_batch_size(net, (1024, 1024), plan, "cpu", 100)
-    assert 1 <= k <= 4
-    assert auto_batch_size(net, (64, 64), plan, "cpu", 1) == 1
+@pytest.mark.parametrize("device, cap", [("cuda", 32), ("cpu", 4)])
+def test_auto_batch_size_fills_the_free_memory(tiny_model, monkeypatch, device, cap):
+    """k = the frames whose activations (estimate_memory, weights excluded) fit in 80 % of the
+    free memory, capped (32 on a GPU, 4 on the CPU), at most the frame count, at least 1. The
+    free-memory probe is replaced, so the CUDA arithmetic runs without a GPU."""
+    plan = resolve_precision("auto", device)
+    assert plan.dtype == (torch.float16 if device == "cuda" else torch.float32)
+    size = (512, 384)
+    per_frame = estimate_memory(tiny_model, size, plan.dtype, 1, include_weights=False)
+    assert per_frame == estimate_memory(tiny_model, size, plan.dtype, 3,
+                                        include_weights=False) // 3 > 0
+    free = {}
+    monkeypatch.setattr(inference, "_free_memory", lambda dev: free["bytes"])
+
+    def k(free_bytes, total=1000):
+        free["bytes"] = free_bytes
+        return auto_batch_size(tiny_model, size, plan, device, total)
+
+    def fits(frames):  # the fewest free bytes whose 80 % hold ``frames`` frames
+        return int(frames * per_frame / 0.8) + 1
+
+    assert k(fits(3)) == 3
+    assert k(fits(3) - 2) == 2  # just short of the third frame
+    assert k(fits(cap + 10)) == cap
+    assert k(fits(3), total=2) == 2
+    assert k(0) == 1 and k(per_frame // 2) == 1  # nothing fits: still one frame at a time
+    free["bytes"] = None  # unknown free memory: the cap
+    assert auto_batch_size(tiny_model, size, plan, device, 1000) == cap
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,3 +66,19 @@ def test_composite_node_modes(nodes):
         node.composite(img, mask, "image")
     with pytest.raises(ValueError, match="#RRGGBB"):
         node.composite(img, mask, "color", "#XYZ")
+
+
+def test_nodes_refuse_a_nan_mask_naming_the_frame(nodes):
+    """ComfyUI shows the node's error; before, one NaN pixel silently gave a NaN frame."""
+    r, c = nodes
+    mask = torch.rand(2, 16, 16)
+    mask[1, 8, 8] = float("nan")
+    with pytest.raises(ValueError, match="mask: frame 1 has 1 NaN"):
+        r.BiRefNetRefineMask().refine(mask, feather_px=2.0)
+    with pytest.raises(ValueError, match="mask: frame 1 has 1 NaN"):
+        c.BiRefNetComposite().composite(torch.rand(2, 16, 16, 3), mask)
+    background = torch.rand(1, 8, 8, 3)
+    background[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="background: frame 0 has 0 NaN and 1 infinite"):
+        c.BiRefNetComposite().composite(torch.rand(2, 16, 16, 3), torch.rand(2, 16, 16),
+                                        "image", background=background)

@@ -32,11 +32,19 @@ def _run(code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# What importing the pack may add to sys.modules besides its own modules, torch preloaded (as
+# in ComfyUI): two standard-library modules of the download code, and tests/pack.py itself. A
+# new entry means a new import at load time: import it lazily where it is used instead.
+ALLOWED_NEW_MODULES = {"hmac", "secrets", "pack"}
+
+
 def test_import_is_cheap_and_clean():
-    """Torch preloaded (as in ComfyUI): importing the pack takes < 1 s, builds no model, opens no
-    connection, imports no comfy/folder_paths/transformers."""
+    """Torch preloaded (as in ComfyUI): importing the pack imports nothing beyond its own modules
+    and a few standard ones (no torch submodule, no model code), builds no model, opens no
+    connection, imports no comfy/folder_paths/transformers. (Counted, not timed: a wall-clock
+    limit fails on a busy machine and passes a slow import on a fast one.)"""
     report = _run(r"""
-import json, socket, sys, time
+import json, socket, sys
 import torch
 attempts = []
 def refuse(*args, **kwargs):
@@ -52,20 +60,21 @@ def counting(self, *a, **k):
     original(self, *a, **k)
 torch.nn.Module.__init__ = counting
 before = set(sys.modules)
-t0 = time.perf_counter()
 from pack import load_pack
 pack = load_pack()
-seconds = time.perf_counter() - t0
 new = sorted(set(sys.modules) - before)
-print(json.dumps(dict(seconds=seconds, attempts=attempts, built=built, new=new,
+print(json.dumps(dict(attempts=attempts, built=built, new=new,
                       ids=sorted(pack.NODE_CLASS_MAPPINGS))))
 """)
-    assert report["seconds"] < 1.0, report
     assert report["attempts"] == []
     assert report["built"] == []
-    heavy = [m for m in report["new"] if m.split(".")[0] in
-             ("comfy", "folder_paths", "transformers", "huggingface_hub", "timm", "kornia")]
-    assert heavy == []
+    prefix = "birefnet_pack."
+    outside = sorted(m for m in report["new"] if m != prefix[:-1] and not m.startswith(prefix))
+    assert set(outside) <= ALLOWED_NEW_MODULES, (
+        f"importing the pack imported {sorted(set(outside) - ALLOWED_NEW_MODULES)}; "
+        "import them lazily where they are used")
+    own = [m for m in report["new"] if m.startswith(prefix)]
+    assert len(own) <= 20, own  # the pack's own modules: nodes/*, the core minus the model
     assert not any(m.startswith("birefnet_pack.birefnet_core.model") or
                    m == "birefnet_pack.birefnet_core.weights" for m in report["new"])
     assert "BiRefNetSegment" in report["ids"] and "BiRefNetModelLoader" in report["ids"]

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from birefnet_core import refine as R
 from birefnet_core.errors import InputError
-from birefnet_core.filters import box_filter, connected_components, dilate, guided_filter
+from birefnet_core.filters import (_octagon, band_tiles, box_filter, connected_components,
+                                   dilate, erode, guided_filter)
+from memory_probe import peak_growth
 
 
 @pytest.mark.parametrize("shape", [(16, 20), (2, 16, 20), (2, 1, 16, 20)])
@@ -111,10 +113,16 @@ def test_errors_are_clear(bad, match):
         bad()
 
 
-# Band-SAD ratio to bilinear measured on the 340 px lemur (RESULTS_refine.md) plus ~3 % slack
-# (at least 0.005): working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size
-# (same scale factor). Measured: guided 0.070 / 0.480 (128), 0.110 / 0.513 (192); matting
-# 0.067 / 0.490 (128), 0.102 / 0.530 (192) (magenta / beach).
+# The issue's target (the spec): band SAD <= 0.6x bilinear's on every background.
+SPEC_TARGET = 0.6
+# QUALITY_LIMITS is a ratchet, tighter than the spec: the band-SAD ratio to bilinear measured
+# on the 340 px lemur (RESULTS_refine.md) plus ~3 % slack (at least 0.005), so that any loss
+# of quality fails here even while the spec still holds. To update it: when a change improves
+# a ratio, lower that limit to the new measurement + 3 % in the same change; raise one only for
+# a trade-off that is measured and explained in RESULTS_refine.md, never above SPEC_TARGET.
+# Working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size (same scale
+# factor). Measured: guided 0.070 / 0.480 (128), 0.110 / 0.513 (192); matting 0.067 / 0.490
+# (128), 0.102 / 0.530 (192) (magenta / beach).
 QUALITY_LIMITS = {
     ("guided", 128, "magenta"): 0.075, ("guided", 128, "beach"): 0.495,
     ("guided", 192, "magenta"): 0.115, ("guided", 192, "beach"): 0.53,
@@ -139,16 +147,24 @@ def test_quality_small(matting_dir):
         ratios[mode, ws, name] = (alpha_metrics(out, a, band)["sad_band"] /
                                   alpha_metrics(ad, a, band)["sad_band"])
     assert all(ratios[k] <= v for k, v in QUALITY_LIMITS.items()), ratios
-    assert max(ratios.values()) <= 0.6, ratios
-    # Not-downscaled case: never worse than bilinear by more than 5 % (it is the identity).
+    assert max(ratios.values()) <= SPEC_TARGET, ratios
     for name, (a, f, _, bgs) in cases.items():
-        ad = degrade(a, 512)
-        for bg in bgs.values():
+        side = max(a.shape[-2:])
+        band = band_of(a)
+        for bg_name, bg in bgs.items():
             img = a * f + (1 - a) * bg
-            out = R.refine_edges(ad, img, working_size=512)
-            band = band_of(a)
-            assert alpha_metrics(out, a, band)["sad_band"] <= \
-                1.05 * alpha_metrics(ad, a, band)["sad_band"]
+            # Not downscaled (working size >= the image): the contract is the identity.
+            ad = degrade(a, 512)
+            for ws in (512, side):
+                assert torch.equal(R.refine_edges(ad, img, working_size=ws), ad), (name, ws)
+            # Barely downscaled (1.25x): it acts, and never does worse than bilinear by more
+            # than 5 % (measured: 0.41 / 0.15 lemur, 0.69 / 0.59 pymatting32; beach / magenta).
+            ws = round(side / 1.25)
+            ad = degrade(a, ws)
+            out = R.refine_edges(ad, img, working_size=ws)
+            ratio = (alpha_metrics(out, a, band)["sad_band"] /
+                     alpha_metrics(ad, a, band)["sad_band"])
+            assert not torch.equal(out, ad) and ratio <= 1.05, (name, bg_name, ratio)
 
 
 def test_band_tiles_match_whole_image_colour_model():
@@ -177,3 +193,138 @@ def test_matting_leaves_a_feathered_mask_to_the_guided_result():
     assert torch.equal(skipped, alpha)
     solved = R._band_matting(guide, alpha, band, 2.0, 10)
     assert (solved - alpha).abs().max() > 1e-3
+
+
+# -- NaN / inf: a clear error naming the frame, never a silent NaN frame ------------------------
+
+def _with_nan(shape, frame, value=float("nan")):
+    """``torch.rand(shape)`` with one ``value`` in frame ``frame`` (dim 0)."""
+    m = torch.rand(shape)
+    m[frame].view(-1)[37] = value
+    return m
+
+
+@pytest.mark.parametrize("op", [
+    lambda m: R.feather(m, 3), lambda m: R.grow_shrink(m, 2), lambda m: R.grow_shrink(m, -2),
+    lambda m: R.fill_holes(m), lambda m: R.remove_islands(m, 4), lambda m: R.edge_band(m, 4),
+    lambda m: R.levels(m, 0.1, 0.9), lambda m: R.threshold(m),
+    lambda m: R.temporal_smooth(m, "ema"), lambda m: R.temporal_smooth(m, "median"),
+    lambda m: R.refine_edges(m, torch.rand(3, 16, 16, 3), working_size=8),
+], ids=["feather", "grow", "shrink", "fill_holes", "remove_islands", "edge_band", "levels",
+        "threshold", "ema", "median", "refine_edges"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_mask_is_refused_naming_the_frame(op, value):
+    with pytest.raises(InputError, match=r"mask: frame 1 has .*(NaN|infinite)"):
+        op(_with_nan((3, 16, 16), 1, value))
+
+
+def test_non_finite_guide_is_refused_naming_the_frame():
+    guide = _with_nan((2, 16, 16, 3), 1)
+    with pytest.raises(InputError, match=r"guide: frame 1 has 1 NaN"):
+        R.refine_edges(torch.rand(2, 16, 16), guide, working_size=8)
+    with pytest.raises(InputError, match=r"frames: frame 1 has 1 NaN"):
+        R.temporal_smooth(torch.rand(2, 16, 16), frames=guide)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: R.feather(torch.rand(1, 8, 8), float("inf")),
+    lambda: R.feather(torch.rand(1, 8, 8), float("nan")),
+    lambda: R.grow_shrink(torch.rand(1, 8, 8), float("inf")),
+    lambda: R.refine_edges(torch.rand(1, 8, 8), torch.rand(1, 8, 8, 3), float("nan")),
+])
+def test_non_finite_parameters_are_refused(bad):
+    with pytest.raises(InputError, match="finite"):
+        bad()
+
+
+# -- memory follows the image, not a radius, area or window ----------------------------------
+
+def test_radii_beyond_the_image_give_the_clamped_result():
+    """Past the image's extent a larger radius cannot change the result; it is clamped (so
+    the memory does not grow with it), and the result is what the geometry says."""
+    torch.manual_seed(0)
+    m = torch.rand(2, 48, 64)
+    h, w = m.shape[-2:]
+    everything = m.amax(dim=(-2, -1), keepdim=True).expand_as(m)
+    for r in (h + w - 2, 10_000, 10 ** 9):  # the octagon covers the frame from every pixel
+        assert torch.equal(R.grow_shrink(m, r), everything), r
+        assert torch.equal(R.grow_shrink(m, -r), m.amin(dim=(-2, -1), keepdim=True).expand_as(m))
+    thin = torch.rand(1, 1, 1, 300)  # one row: the element's row |dx| <= r is all that matters
+    assert torch.equal(dilate(thin, 10 ** 6), thin.amax().expand_as(thin))
+    assert torch.equal(dilate(thin, 7), F.max_pool1d(F.pad(thin[0], (7, 7), value=-1.0), 15,
+                                                      1)[None])
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
+    assert torch.equal(box_filter(x, 10 ** 9), box_filter(x, (h - 1, w - 1)))
+    assert torch.allclose(box_filter(x, 10 ** 9), x.mean(dim=(-2, -1), keepdim=True).expand_as(x),
+                          atol=1e-12)
+    # Three passes of whole-frame means leave the frame's mean.
+    assert torch.allclose(R.feather(m, 1e7), m.mean(dim=(-2, -1), keepdim=True).expand_as(m),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("h, w", [(1, 30), (17, 1), (9, 13), (13, 40)])
+def test_dilate_clipped_to_the_image_matches_the_octagon_by_brute_force(h, w):
+    """The clipped decomposition (bounded padding) is the same octagon for radii around and far
+    beyond the image's sides: ``{|dx| <= r, |dy| <= r, |dx| + |dy| <= r + s}``."""
+    torch.manual_seed(h * w)
+    x = torch.rand(2, 1, h, w)
+    big = torch.finfo(x.dtype).max
+    dy, dx = torch.meshgrid(torch.arange(-h, h + 1), torch.arange(-w, w + 1), indexing="ij")
+
+    def windows(fill):  # [2, 1, h, w, 2h+1, 2w+1]: every offset, outside the image = fill
+        return F.pad(x, (w, w, h, h), value=fill).unfold(2, 2 * h + 1, 1).unfold(3, 2 * w + 1, 1)
+
+    for r in (1, 2, 5, 9, 14, 33, 80):
+        s, _ = _octagon(r)
+        se = (dx.abs() <= r) & (dy.abs() <= r) & (dx.abs() + dy.abs() <= r + s)
+        assert torch.equal(dilate(x, r), windows(-big)[..., se].amax(-1)), r
+        assert torch.equal(erode(x, r), windows(big)[..., se].amin(-1)), r
+
+
+def test_huge_median_window_equals_the_clamped_window():
+    """A window past 2n - 1 frames gives the median of the ``2n - 1`` window (see
+    ``_windowed_median``): checked against the plain replicate-padded median of a wide window."""
+    torch.manual_seed(0)
+    m = torch.rand(5, 6, 7)
+    n, k = m.shape[0], 20  # window 41 >> 2n - 1 = 9
+    padded = torch.cat([m[:1].expand(k, -1, -1), m, m[-1:].expand(k, -1, -1)])
+    wide = padded.unfold(0, 2 * k + 1, 1).median(dim=-1).values
+    cut = 2.0  # no scene cut
+    assert torch.equal(R.temporal_smooth(m, "median", window=2 * k + 1, cut_threshold=cut), wide)
+    assert torch.equal(R.temporal_smooth(m, "median", window=2 * n - 1, cut_threshold=cut), wide)
+    assert torch.equal(R.temporal_smooth(m, "median", window=10 ** 6 + 1, cut_threshold=cut),
+                       wide)
+
+
+def test_band_tiles_larger_than_the_image():
+    band = torch.zeros(2, 1, 30, 50, dtype=torch.bool)
+    band[1, 0, 29, 49] = True
+    tiles = band_tiles(band, 10 ** 9, 10 ** 9)  # no grid of tiles x tiles is allocated
+    assert (tiles.frame.tolist(), tiles.y.tolist(), tiles.x.tolist()) == ([1], [0], [0])
+
+
+_REFINE_CALLS = """
+from birefnet_core import refine as R
+from birefnet_core.filters import box_filter, band_tiles
+torch.manual_seed(0)
+m = torch.nn.functional.interpolate(torch.rand(1, 1, 6, 8), size=(48, 64), mode="bilinear")[:, 0]
+g = torch.rand(1, 48, 64, 3)
+v = torch.rand(5, 48, 64)
+def calls(r, area, window, ws):
+    R.grow_shrink(m, r); R.grow_shrink(m, -r); R.edge_band(m, r); R.feather(m, r)
+    box_filter(m[None], r)
+    R.fill_holes(m, area); R.remove_islands(m, area)
+    R.temporal_smooth(v, "median", window=window)
+    R.refine_edges(m, g, working_size=ws, mode="guided")
+    R.refine_edges(m, g, working_size=ws, mode="matting")
+    band_tiles(m[None] > 0.5, r)
+"""
+
+
+def test_peak_memory_follows_the_image_not_the_parameters():
+    """On a 64x48 mask, radii of 10^4 px (grow_shrink alone once took over 5 GB), huge areas, a
+    huge median window and a 1 px working size stay within a few MB of the small-parameter
+    run. Measured in a fresh interpreter (torch allocations are invisible to tracemalloc)."""
+    report = peak_growth("calls(10_000, 10 ** 9, 100_001, 1)",
+                         warmup="calls(3, 10, 3, 16)", setup=_REFINE_CALLS)
+    assert report["growth_mb"] < 32, report

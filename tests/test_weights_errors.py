@@ -279,3 +279,21 @@ def test_legacy_pth_passes_the_container_check(tmp_path):
     torch.save({"state_dict": {"x": torch.arange(3.0)}}, path,
                _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(path)["x"], torch.arange(3.0))
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "1 NaN and 0 infinite"),
+                                         (float("inf"), "0 NaN and 1 infinite")])
+def test_non_finite_weight_names_the_tensor(tmp_path, b0_state_dict, value, what):
+    """A NaN weight used to load fine and give all-NaN masks (black in a preview)."""
+    sd = {k: v.clone() for k, v in b0_state_dict.items()}
+    first, second = "bb.patch_embed1.proj.weight", "decoder.conv_out1.0.weight"
+    sd[second].view(-1)[7] = value
+    path = tmp_path / "diverged.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message and f"'{second}'" in message and what in message, message
+    sd[first].view(-1)[0] = float("nan")  # two bad tensors: the first in the model's order
+    with pytest.raises(CheckpointError, match=f"'{first}'"):
+        build_model(Architecture("pvt_v2_b0"), sd)
