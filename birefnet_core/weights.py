@@ -9,6 +9,7 @@ says what was expected and what to do. Pickled files are only ever read with
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import pickle
@@ -42,6 +43,7 @@ __all__ = [
     "detect_architecture",
     "build_model",
     "load_model",
+    "inspect_model",
 ]
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -185,11 +187,13 @@ def _check_pickle_container(path: Path, head: bytes) -> None:
         "truncated or corrupt: download it again.")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike, *, meta: bool = False) -> dict[str, torch.Tensor]:
     """Read every tensor of a ``.safetensors`` or ``.pth/.pt/.bin/.ckpt`` file (on the CPU).
 
     A safetensors file is first checked against its own header
     (:func:`safetensors_layout_problem`), so a truncated file is refused before anything loads.
+    ``meta=True`` reads names, shapes and dtypes only (tensors on the ``meta`` device): the
+    safetensors header, or the pickle's structure with its storages memory-mapped, not read.
     """
     path = Path(path)
     if not path.is_file():
@@ -216,14 +220,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return _safetensors_meta(path) if meta else load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot read {path} as safetensors ({exc}). {_DOWNLOAD_AGAIN}") from exc
     if kind == "pickle":
         _check_pickle_container(path, head)
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            obj = _torch_load(path, "meta" if meta else "cpu")
         except pickle.UnpicklingError as exc:
             if "GLOBAL" not in str(exc):  # no refused class named: unreadable pickle data
                 raise CheckpointError(
@@ -243,6 +247,33 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise CheckpointError(
         f"{path} is neither a safetensors nor a PyTorch checkpoint (unrecognised content). "
         f"Expected a BiRefNet {'/'.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)} file.")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _safetensors_meta(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        slices = {key: f.get_slice(key) for key in f.keys()}
+        return {key: torch.empty(s.get_shape(), device="meta",
+                                 dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8))
+                for key, s in slices.items()}
+
+
+def _torch_load(path: Path, map_location: str):
+    if map_location != "meta":
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    try:
+        return torch.load(str(path), map_location="meta", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
+        return torch.load(str(path), map_location="meta", weights_only=True)
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -439,11 +470,7 @@ def load_model(path: str | os.PathLike, *, family: str | Family | None = None,
     state_dict, stored = filter_checkpoint(raw, path)
     del raw
     arch = detect_architecture(state_dict, path)
-    if family is None or family == "auto":
-        fam = family_from_filename(path, decoder=arch.decoder)
-    else:
-        fam = get_family(family)
-    fam = get_family(fam, patch_order=patch_order)
+    fam = _resolve_family(path, arch, family, patch_order)
     model = build_model(arch, state_dict, patch_order=fam.patch_order, device=device, path=path)
     n_params = sum(p.numel() for p in model.parameters())
     if optimize:
@@ -451,3 +478,34 @@ def load_model(path: str | os.PathLike, *, family: str | Family | None = None,
 
         optimize_for_inference(model)
     return LoadedModel(model, ModelInfo(os.fspath(path), arch, fam, n_params, stored))
+
+
+def inspect_model(path: str | os.PathLike, *, family: str | Family | None = None,
+                  patch_order: PatchOrder | str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` that :func:`load_model` would report, without loading weights.
+
+    Reads the safetensors header or the pickle's structure only (see ``read_checkpoint(meta=
+    True)``) and counts parameters on the ``meta`` device, so it costs milliseconds, not the
+    seconds and gigabytes of a load. Raises the same :class:`CheckpointError` for files that are
+    no BiRefNet checkpoint (a bad tensor *value*, e.g. NaN, is only found by loading).
+    """
+    raw = read_checkpoint(path, meta=True)
+    state_dict, stored = filter_checkpoint(raw, path)
+    arch = detect_architecture(state_dict, path)
+    fam = _resolve_family(path, arch, family, patch_order)
+    return ModelInfo(os.fspath(path), arch, fam, _parameter_count(arch, fam.patch_order), stored)
+
+
+def _resolve_family(path, arch: Architecture, family, patch_order) -> Family:
+    """The family from the option, else from the file name and decoder generation."""
+    if family is None or family == "auto":
+        fam = family_from_filename(path, decoder=arch.decoder)
+    else:
+        fam = get_family(family)
+    return get_family(fam, patch_order=patch_order)
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_count(arch: Architecture, patch_order: PatchOrder) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in BiRefNet(arch, patch_order).parameters())

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..birefnet_core.inference import Precision
 from ..birefnet_core.variants import FAMILIES, PatchOrder
@@ -172,61 +168,14 @@ def summary_text(info, precision: str = AUTO) -> str:
 
 INFO_ROUTE = "/birefnet/model_info"
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-
-
-def _meta_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The file's tensors as ``meta`` tensors: names, shapes and dtypes, no data."""
-    from ..birefnet_core.errors import CheckpointError
-    from ..birefnet_core.weights import SAFETENSORS_SUFFIXES, _unwrap
-
-    try:
-        if os.path.splitext(path)[1].lower() in SAFETENSORS_SUFFIXES:
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                slices = {key: f.get_slice(key) for key in f.keys()}
-                return {key: torch.empty(s.get_shape(), device="meta",
-                                         dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8))
-                        for key, s in slices.items()}
-        try:
-            obj = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-        except RuntimeError:  # a file saved without the zip format cannot be memory-mapped
-            obj = torch.load(path, map_location="meta", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader error means "cannot read this file"
-        raise CheckpointError(f"cannot read {path} ({exc}). The file is not a weights file, or "
-                              "it is truncated or corrupt: download it again.") from exc
-    return _unwrap(obj, Path(path))
-
 
 @functools.lru_cache(maxsize=32)
 def _inspect(path: str, signature: str, family: str, patch_order: str):
     """The ``ModelInfo`` that loading ``path`` would report (cached per file version)."""
-    from ..birefnet_core.variants import family_from_filename, get_family
-    from ..birefnet_core.weights import ModelInfo, detect_architecture, filter_checkpoint
+    from ..birefnet_core.weights import inspect_model
 
     del signature  # part of the cache key only: a replaced file is inspected again
-    state_dict, stored = filter_checkpoint(_meta_state_dict(path), path)
-    arch = detect_architecture(state_dict, path)
-    # the family as birefnet_core.weights.load_model decides it
-    fam = (family_from_filename(path, decoder=arch.decoder) if family == AUTO
-           else get_family(family))
-    fam = get_family(fam, patch_order=None if patch_order == AUTO else patch_order)
-    return ModelInfo(path, arch, fam, _parameter_count(arch, fam.patch_order), stored)
-
-
-@functools.lru_cache(maxsize=16)
-def _parameter_count(arch, patch_order) -> int:
-    """Parameters of the network for ``arch`` (built on the meta device: no memory, ~0.3 s)."""
-    from ..birefnet_core.model import BiRefNet
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in BiRefNet(arch, patch_order).parameters())
+    return inspect_model(path, family=family, patch_order=patch_order)
 
 
 def describe_model_file(model_name: str, family: str = AUTO, patch_order: str = AUTO,

@@ -38,13 +38,23 @@ LOAD_TIMEOUT_MS = 60_000  # first page load: the frontend bundle, /object_info
 DROP_TIMEOUT_MS = 20_000
 
 # Written to the server's user settings before a page opens: no first-run template browser (it
-# covers the canvas), the missing-nodes dialog explicitly on (the tests look for it), no minimap
-# over the graph in screenshots.
+# covers the canvas), the missing-nodes dialog explicitly on (the tests look for it), and what a
+# user has by default on a wide screen: the minimap on, a workflow's saved view restored.
 BASE_SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
-    "Comfy.Minimap.Visible": False,
+    "Comfy.Minimap.Visible": True,
+    "Comfy.EnableWorkflowViewRestore": True,
 }
+
+# The graph canvas and the minimap panel on screen (client px; the minimap null when hidden).
+SCREEN_AREAS = """() => {
+  const rect = (e) => { const r = e.getBoundingClientRect();
+    return { x: r.x, y: r.y, w: r.width, h: r.height }; };
+  const minimap = document.querySelector("canvas.minimap-canvas");
+  return { canvas: rect(app.canvas.canvas),
+           minimap: minimap && minimap.offsetParent ? rect(minimap.parentElement) : null };
+}"""
 
 # Installed before any page script runs. `window.__bt` holds the helpers the tests call; they
 # touch `app` only when called.
@@ -189,6 +199,7 @@ PAGE_SCRIPT = r"""
           text: visible ? e.innerText : "",
           clipped: visible ? clipped(e) : [],
           images: [...e.querySelectorAll("img")].map((i) => ({
+            src: i.getAttribute("src") || "", cls: i.className,
             natural: [i.naturalWidth, i.naturalHeight], complete: i.complete,
             shown: shown(i), rect: rectOf(i.getBoundingClientRect()) })),
           // each colour input with the row it sits in (the widget's child holding it)
@@ -354,9 +365,11 @@ class ComfyPage:
         return [m for m in self.messages() if from_pack(m, self.types)]
 
     # -- loading --------------------------------------------------------------------------------
-    def drop_workflow(self, path: Path) -> dict:
+    def drop_workflow(self, path: Path, saved_view_shot: str | None = None) -> dict:
         """Drop ``path`` onto the canvas, wait until the graph holds its nodes (and, with Nodes
-        2.0, they are on screen), fit the view; returns the workflow."""
+        2.0, they are on screen), keep what the view saved in the workflow shows
+        (:attr:`saved_view`, with a screenshot named ``saved_view_shot``), fit the view;
+        returns the workflow."""
         workflow = json.loads(path.read_text())
         ids = sorted(n["id"] for n in workflow["nodes"])
         loads = self.page.evaluate("() => __bt.loads.done")
@@ -370,6 +383,9 @@ class ComfyPage:
             self.page.wait_for_function(
                 "(ids) => ids.every((id) => document.querySelector(`[data-node-id=\"${id}\"]`))",
                 arg=ids, timeout=DROP_TIMEOUT_MS)
+        self.saved_view = {"snapshot": self.snapshot(), **self.page.evaluate(SCREEN_AREAS)}
+        if saved_view_shot:
+            self.saved_view["screenshot"] = self.screenshot(saved_view_shot)
         self.fit_view()
         return workflow
 
@@ -489,6 +505,25 @@ def overlap_problems(snap: dict) -> list[str]:
         if out > TOLERANCE:
             problems.append(f"widget {widget['name']!r} ({_size(r, scale)}) sticks out of its "
                             f"node {label(node)} ({_size(n, scale)}) by {out / scale:.0f}")
+    return problems
+
+
+def saved_view_problems(view: dict) -> list[str]:
+    """Nodes that the view saved in a workflow shows off the canvas or under the minimap (in
+    screen px: what a user sees on opening it)."""
+    canvas, minimap = view["canvas"], view["minimap"]
+    if minimap is None:
+        return ["no minimap on screen: the check cannot see what it would cover"]
+    problems = []
+    for node in view["snapshot"]["nodes"]:
+        r = node["rect"]
+        w, h = _intersection(r, minimap)
+        if w > TOLERANCE and h > TOLERANCE:
+            problems.append(f"node {label(node)} is under the minimap by {w:.0f}x{h:.0f} px")
+        out = max(canvas["x"] - r["x"], r["x"] + r["w"] - canvas["x"] - canvas["w"],
+                  canvas["y"] - r["y"], r["y"] + r["h"] - canvas["y"] - canvas["h"])
+        if out > TOLERANCE:
+            problems.append(f"node {label(node)} runs {out:.0f} px off the canvas")
     return problems
 
 

@@ -162,12 +162,21 @@ def test_model_info_reads_no_weights(models, monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("the weights were read")
 
-    monkeypatch.setattr(weights, "read_checkpoint", refuse)
+    real_load = weights._torch_load
+
+    def meta_only(path, map_location):
+        assert map_location == "meta", "the pickled storages were read"
+        return real_load(path, map_location)
+
+    monkeypatch.setattr(weights, "_torch_load", meta_only)
+    monkeypatch.setattr("safetensors.torch.load_file", refuse)
     monkeypatch.setattr(weights, "load_model", refuse)
     monkeypatch.setattr(weights, "build_model", refuse)
-    text = _loader().describe_model_file("BiRefNet-HR-epoch_100.pth", family="auto")
+    loader = _loader()
+    text = loader.describe_model_file("BiRefNet-HR-epoch_100.pth", family="auto")
     assert text.splitlines()[:2] == ["BiRefNet pvt_v2_b0.hr", "family: HR (2048²)"]
     assert "(stored as float16)" in text
+    assert loader.describe_model_file(LITE).startswith("BiRefNet pvt_v2_b0.lite")
 
 
 @pytest.fixture
@@ -214,7 +223,7 @@ def test_model_info_route(models, get):
     assert status == 400 and "family must be one of" in body["error"]
     (models / "broken.safetensors").write_bytes(b"\x00" * 64)
     status, body = get({"model_name": "broken.safetensors"})
-    assert status == 422 and "cannot read" in body["error"]
+    assert status == 422 and "broken.safetensors is truncated or corrupt" in body["error"]
     from safetensors.torch import save_file
 
     save_file({"model.diffusion_model.x": torch.zeros(2)}, str(models / "sd.safetensors"))

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from birefnet_core import CheckpointError, InputError, family_from_filename, get_family
 from birefnet_core.model import BiRefNet
 from birefnet_core.variants import Architecture, PatchOrder
-from birefnet_core.weights import build_model, load_model, read_checkpoint
+from birefnet_core.weights import build_model, inspect_model, load_model, read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,39 @@ def test_relative_position_index_is_recomputed(tmp_path, fixtures_dir):
     save_file(sd, str(path))
     model = load_model(path).model
     assert torch.equal(model.bb.layers[0].blocks[0].attn.relative_position_index, good)
+
+
+@pytest.mark.parametrize("stored, name, options", [
+    ("fixture", "BiRefNet_lite-2K.safetensors", {}),
+    ("fp32", "weights.safetensors", {"family": "matting", "patch_order": "einops"}),
+    ("module", "BiRefNet-HR-epoch_3.pth", {}),
+])
+def test_inspect_model_reports_what_loading_reports(tmp_path, fixtures_dir, b0_state_dict,
+                                                    stored, name, options):
+    """The loader panel's description (header only) equals the loaded model's, for the real
+    Swin lite fixture and PVT files saved as users have them."""
+    path = tmp_path / name
+    if stored == "fixture":
+        path.symlink_to(fixtures_dir / "lite_fp16.safetensors")
+    elif stored == "fp32":
+        save_file(b0_state_dict, str(path))
+    else:
+        torch.save({"state_dict": {f"module._orig_mod.{k}": v.half() if v.is_floating_point()
+                                   else v for k, v in b0_state_dict.items()}}, path)
+    loaded = load_model(path, **options).info
+    assert inspect_model(path, **options) == loaded
+
+
+def test_inspect_model_refuses_what_loading_refuses(tmp_path, b0_state_dict):
+    path = tmp_path / "cut.safetensors"
+    save_file(b0_state_dict, str(path))
+    _truncate_inside_the_last_tensor(path)
+    with pytest.raises(CheckpointError, match="cut.safetensors is truncated or corrupt"):
+        inspect_model(path)
+    path = tmp_path / "sd.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="Stable Diffusion"):
+        inspect_model(path)
 
 
 # -- bad files ----------------------------------------------------------------------------------

@@ -354,6 +354,12 @@ function onExecuted(event) {
     if (rank >= 0 && (!best || rank < best.rank)) best = { source, rank };
   });
   if (!best) return;
+  // Several previews of one run report one by one (Save Image of the cut-out, Preview Mask of
+  // the mask): within a prompt, a worse-ranked output never replaces a better one.
+  const promptId = detail.prompt_id ?? null;
+  const last = best.source.__birefnetAfter;
+  if (last && promptId !== null && last.promptId === promptId && last.rank < best.rank) return;
+  best.source.__birefnetAfter = { promptId, rank: best.rank };
   const spec = COMPARE_NODES[best.source.comfyClass ?? best.source.type];
   const slot = inputSlot(best.source, spec.input);
   const upstream = slot >= 0 ? best.source.getInputNode?.(slot) : null;

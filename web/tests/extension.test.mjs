@@ -332,6 +332,39 @@ test("compare view gets the upstream preview as before and the downstream image 
   assert.match(afterImg.style.clipPath, /^inset\(0 0 0 [\d.]+%\)$/);
 });
 
+test("compare view keeps the cut-out when the mask preview of the same run reports last", () => {
+  globalThis.document = fakeDocument();
+  const load = { id: 2, imgs: [{ src: "/api/view?filename=in.png&type=input" }] };
+  const seg = fakeNode(nodeClass("BiRefNetSegment"), [], { inputs: ["model", "images"],
+    links: { model: { origin_id: 1 }, images: { origin_id: 2, origin_slot: 0 } } });
+  seg.comfyClass = "BiRefNetSegment";
+  seg.id = 3;
+  seg.getInputNode = (slot) => (slot === 1 ? load : null);
+  seg.onNodeCreated();
+  const downstream = (id, slot) => {
+    const n = fakeNode(nodeClass(id === 4 ? "SaveImage" : "MaskPreview"), [], {
+      inputs: [id === 4 ? "images" : "mask"], links: { [id === 4 ? "images" : "mask"]:
+        { origin_id: 3, origin_slot: slot } } });
+    n.id = id;
+    n.getInputNode = () => seg;
+    return n;
+  };
+  const nodes = { 4: downstream(4, 1), 5: downstream(5, 0) }; // rgba -> Save, mask -> Preview
+  globalThis.__fakeApp.graph.getNodeById = (id) => nodes[id] ?? null;
+  const [view] = findAll(seg.added[0].element, "birefnet-compare");
+  const after = () => view.children[1].src;
+  const report = (node, filename, promptId) => listeners.executed({ detail: {
+    node: String(node), prompt_id: promptId,
+    output: { images: [{ filename, subfolder: "", type: node === 4 ? "output" : "temp" }] } } });
+  report(4, "cut.png", "p1");
+  report(5, "mask.png", "p1");
+  assert.match(after(), /filename=cut\.png/, "the mask of the same run does not win");
+  report(5, "mask2.png", "p2"); // a later run with only the mask preview re-executed
+  assert.match(after(), /filename=mask2\.png/);
+  report(4, "cut2.png", "p2");
+  assert.match(after(), /filename=cut2\.png/, "a better output of the same run still wins");
+});
+
 test("compare view comes back from the restored outputs after a workflow tab switch", () => {
   globalThis.document = fakeDocument();
   const Node = nodeClass("BiRefNetComposite");
