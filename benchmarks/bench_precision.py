@@ -6,7 +6,7 @@ weights in fp32 (the reference) and in a reduced precision, three ways:
 - ``fast``: the fast mode as shipped, its deformable convolutions sampling and multiplying in
   the reduced dtype (positions in fp32);
 - ``fast, dcn fp32``: the fast mode with the deformable convolutions forced to fp32
-  (``DeformableConv2d.fp32_under_autocast``);
+  (``optimize_for_inference(..., deform_fp32_under_autocast=True)``);
 - ``exact``: the exact mode under the same autocast.
 
 and prints max and mean |Δ mask| against fp32 and the time of one call::
@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from birefnet_core.inference import predict_masks  # noqa: E402
-from birefnet_core.model.blocks import DeformableConv2d  # noqa: E402
 from birefnet_core.optimize import optimize_for_inference  # noqa: E402
 from birefnet_core.weights import load_model  # noqa: E402
 
@@ -48,13 +47,6 @@ DEFAULT_IMAGES = [SHARED / "data" / "matting" / "lemur" / "lemur.png",
 def read_image(path: Path) -> torch.Tensor:
     rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(rgb)[None]  # [1, H, W, 3]
-
-
-def set_dcn_fp32(model: torch.nn.Module, value: bool) -> torch.nn.Module:
-    for m in model.modules():
-        if isinstance(m, DeformableConv2d):
-            m.fp32_under_autocast = value
-    return model
 
 
 def main(argv=None) -> int:
@@ -74,7 +66,7 @@ def main(argv=None) -> int:
 
     exact = load_model(args.model, device=args.device).model
     fast = optimize_for_inference(copy.deepcopy(exact))
-    fast_dcn32 = set_dcn_fp32(copy.deepcopy(fast), True)
+    fast_dcn32 = optimize_for_inference(copy.deepcopy(exact), deform_fp32_under_autocast=True)
     runs = (("fast", fast), ("fast, dcn fp32", fast_dcn32), ("exact", exact))
     device = torch.device(args.device)
     print(f"{Path(args.model).name} on {device} "

@@ -5,7 +5,8 @@
     PYTHONPATH=. python benchmarks/bench_speed.py --checkpoint model.safetensors
 
 Timings alternate exact, fast, exact, fast ... so that load from other processes hits both
-modes alike; the medians and their ratio are printed. Peak RSS is measured per mode in a fresh
+modes alike; the medians and their ratio are printed, and the first (warm-up) call of each
+mode, in which the fast model measures its kernel candidates (``birefnet_core.kernels``). Peak RSS is measured per mode in a fresh
 subprocess (build the model, optionally optimise, one forward), so neither mode inherits the
 other's high-water mark. Random weights unless ``--checkpoint`` is given; speed does not depend
 on the values.
@@ -65,6 +66,7 @@ def bench(args: argparse.Namespace, model: str) -> dict:
     fast = optimize_for_inference(copy.deepcopy(exact))
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     times = {"exact": [], "fast": []}
+    first = {}
     outputs = {}
     for i in range(args.warmup + args.repeats):
         for mode, net in (("exact", exact), ("fast", fast)):
@@ -72,9 +74,11 @@ def bench(args: argparse.Namespace, model: str) -> dict:
             outputs[mode] = net(x)
             if i >= args.warmup:
                 times[mode].append(time.perf_counter() - start)
+            elif i == 0:
+                first[mode] = (time.perf_counter() - start) * 1e3
     med = {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
     diff = (outputs["fast"].sigmoid() - outputs["exact"].sigmoid()).abs().max().item()
-    return {"model": model, "times_ms": times, "median_ms": med,
+    return {"model": model, "times_ms": times, "median_ms": med, "first_ms": first,
             "ratio": med["fast"] / med["exact"], "max_dsigmoid": diff}
 
 
@@ -108,6 +112,18 @@ def main() -> None:
         print(line, flush=True)
         raw = {m: [round(t * 1e3) for t in ts] for m, ts in r["times_ms"].items()}
         print(f"        all timings (ms): {raw}", flush=True)
+        if r["first_ms"]:
+            # The fast model's first call at a size also measures its kernel candidates
+            # (birefnet_core.kernels), once per process.
+            print("        first call (ms): " + ", ".join(
+                f"{m} {t:.0f}" for m, t in r["first_ms"].items()), flush=True)
+        from collections import Counter
+
+        from birefnet_core import kernels
+
+        chosen = Counter((c["op"], c["chosen"]) for c in kernels.choices())
+        print("        kernels chosen: " + ", ".join(
+            f"{op}={name} x{n}" for (op, name), n in sorted(chosen.items())), flush=True)
 
 
 if __name__ == "__main__":

@@ -136,14 +136,24 @@ def test_whole_exact_model_without_torchvision_op(tiny_model, monkeypatch, fresh
     torch.testing.assert_close(out, ref, rtol=0, atol=ATOL)
 
 
-def test_optimised_mode_never_needs_torchvision(tiny_model, broken_torchvision):
+def test_optimised_mode_never_needs_torchvision(tiny_model, broken_torchvision, monkeypatch):
+    """torchvision's op is one of the optimised model's kernel candidates; a broken one is
+    probed once per device, found wanting and never chosen."""
     import copy
 
+    from birefnet_core import kernels
+
+    monkeypatch.setattr(kernels, "_AVAILABLE", {})
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)  # measure, as users' processes do
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     fast = optimize_for_inference(copy.deepcopy(tiny_model))
     with torch.inference_mode():
         out = fast(x).sigmoid()
-    assert broken_torchvision == [], "the optimised model called torchvision's op"
+        again = fast(torch.randn(2, 3, 96, 64)).sigmoid()
+    assert broken_torchvision == [1], "torchvision's op must be probed once, then never again"
+    chosen = {c["chosen"] for c in kernels.choices() if c["op"] == "deform_conv"}
+    assert chosen == {"gather_gemm"} and again.shape == (2, 1, 96, 64)
     assert dc._OPS == {}, "the optimised model consulted the exact model's op choice"
     dc._OPS[("cpu", None)] = tv_deform_conv2d  # the reference: the exact model, torchvision's op
     with torch.inference_mode():

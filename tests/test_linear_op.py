@@ -64,21 +64,23 @@ def test_bad_arguments():
 
 
 def test_lateral_block_fuses_its_addition_on_channels_last_features():
+    from birefnet_core.fast import FastLatBlk
     from birefnet_core.model.blocks import BasicLatBlk
 
     torch.manual_seed(0)
-    block = BasicLatBlk(12, 20).eval()
+    exact = BasicLatBlk(12, 20).eval()
+    block = FastLatBlk.from_exact(exact)
     cl = torch.channels_last
     x = torch.randn(2, 12, 9, 7).contiguous(memory_format=cl)
     add = torch.randn(2, 20, 9, 7).contiguous(memory_format=cl)
     with torch.inference_mode():
-        ref = block.conv(x) + add
-        fused = block(x, add=add)
-        plain = block(x.contiguous(), add=add.contiguous())  # NCHW: the convolution path
+        ref = exact(x) + add
+        fused = block(x, add)
+        plain = block(x.contiguous(), add.contiguous())  # NCHW: the convolution path
     assert fused.is_contiguous(memory_format=cl)
     torch.testing.assert_close(fused, ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(plain, ref, rtol=0, atol=2e-5)
-    torch.testing.assert_close(block(x), block.conv(x), rtol=0, atol=0)
+    torch.testing.assert_close(exact(x), exact.conv(x), rtol=0, atol=0)
 
 
 def test_the_fused_call_does_no_host_side_work():

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from birefnet_core.weights import load_model
+from devices import DEVICE
 
 TOLERANCE = 1e-4  # max |Δ sigmoid| in float32 on the CPU, as the fixtures' README states
 SIZES = ("256x256", "256x384")
@@ -30,13 +31,14 @@ def lite_pth_with_prefix(lite_fp16, tmp_path_factory):
 
 
 def _check(model, fixtures_dir, order, size):
+    """On ``BIREFNET_TEST_DEVICE`` (tests/devices.py), against the CPU reference."""
     x = load_file(str(fixtures_dir / f"input_{size}.safetensors"))["input"]
     ref = load_file(str(fixtures_dir / order / f"output_{size}.safetensors"))
-    model.patch_order = order
-    logits = model(x)
-    assert logits.shape == ref["logits"].shape
+    model.to(DEVICE).patch_order = order
+    logits = model(x.to(DEVICE))
+    assert logits.shape == ref["logits"].shape and logits.device.type == DEVICE.type
     assert logits.dtype == torch.float32
-    err = (logits.sigmoid() - ref["prob"]).abs().max().item()
+    err = (logits.sigmoid().cpu() - ref["prob"]).abs().max().item()
     assert err <= TOLERANCE, f"{order} {size}: max |Δ sigmoid| = {err:.2e}"
 
 

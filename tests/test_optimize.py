@@ -9,12 +9,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from birefnet_core.fast import (FastASPPDeformable, FastDecBlk, FastDecoder, FastDeformableConv2d,
+                                FastSwinStage, FastSwinTransformer)
 from birefnet_core.model import BiRefNet
 from birefnet_core.model.blocks import ASPPDeformable, DeformableConv2d
+from birefnet_core.model.decoder import Decoder
 from birefnet_core.model.swin import SwinStage, SwinTransformer
 from birefnet_core.optimize import fuse_conv_bn, optimize_for_inference
 from birefnet_core.variants import BACKBONES, Architecture
 from birefnet_core.weights import load_model
+from devices import DEVICE
 
 TOLERANCE = 1e-4  # max |Δ sigmoid| in float32 on the CPU, as in test_model_fidelity.py
 SIZES = ("256x256", "256x384")
@@ -30,28 +34,54 @@ def lite_fast(fixtures_dir):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("size", SIZES)
 def test_optimised_lite_matches_official(lite_fast, fixtures_dir, order, size):
+    """On ``BIREFNET_TEST_DEVICE`` (tests/devices.py), against the CPU reference."""
     x = load_file(str(fixtures_dir / f"input_{size}.safetensors"))["input"]
     ref = load_file(str(fixtures_dir / order / f"output_{size}.safetensors"))["prob"]
-    lite_fast.patch_order = order
-    logits = lite_fast(x)
+    lite_fast.to(DEVICE).patch_order = order
+    logits = lite_fast(x.to(DEVICE))
     assert logits.shape == ref.shape and logits.dtype == torch.float32
-    err = (logits.sigmoid() - ref).abs().max().item()
+    err = (logits.sigmoid().cpu() - ref).abs().max().item()
     assert err <= TOLERANCE, f"{order} {size}: max |Δ sigmoid| = {err:.2e}"
+
+
+def _types(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules()}
 
 
 def test_everything_is_rewritten(lite_fast):
     assert set(lite_fast.optimizations) == {"fold_batchnorm", "fast_deform", "channels_last",
                                             "fast_head", "fast_backbone"}
-    assert all(m.fast for m in lite_fast.modules() if isinstance(m, SwinStage))
-    assert lite_fast.decoder.fast
-    split = [hasattr(getattr(lite_fast.decoder, f"decoder_block{lv}"), "conv_in_x")
+    types = _types(lite_fast)
+    # Every exact module of a replaced kind is gone, its fast form is in.
+    assert not types & {SwinStage, SwinTransformer, Decoder, DeformableConv2d, ASPPDeformable}
+    assert {FastSwinStage, FastSwinTransformer, FastDecoder, FastDeformableConv2d,
+            FastASPPDeformable} <= types
+    split = [isinstance(getattr(lite_fast.decoder, f"decoder_block{lv}"), FastDecBlk)
              for lv in (4, 3, 2, 1)]
     assert split == [lv + 1 in lite_fast.decoder.ipt_levels for lv in (4, 3, 2, 1)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lite_fast.modules())
-    dcns = [m for m in lite_fast.modules() if isinstance(m, DeformableConv2d)]
-    assert dcns and all(m.fast for m in dcns)
-    asppss = [m for m in lite_fast.modules() if isinstance(m, ASPPDeformable)]
-    assert asppss and all(m.fast for m in asppss)
+
+
+def test_no_model_forward_reads_a_flag():
+    """The exact network has one forward per class: no code in ``model/`` reads an optimiser
+    flag, branches on an attribute the optimiser might attach, or names a fast-only module."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import birefnet_core.model as model_pkg
+
+    flags = re.compile(r"\b(fast\w*|compiled\w*|channels_last|fp32_under_autocast|"
+                       r"offset_modulator_conv|conv1_pool|head_p1|conv_in_x|_plans)\b|hasattr\(")
+    found = []
+    for file in sorted(Path(inspect.getfile(model_pkg)).parent.glob("*.py")):
+        # Docstrings and comments may point at the fast modules; the code may not.
+        code = re.sub(r'"""[\s\S]*?"""', "", file.read_text())
+        for line in code.splitlines():
+            line = line.split("#")[0]
+            if flags.search(line):
+                found.append(f"{file.name}: {line.strip()}")
+    assert found == []
 
 
 def test_idempotent(lite_fast, fixtures_dir):
@@ -71,13 +101,15 @@ def test_options_apply_separately(fixtures_dir):
     optimize_for_inference(model, fold_batchnorm=True, **off)
     assert model.optimizations == ("fold_batchnorm",)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert not any(getattr(m, "fast", False) for m in model.modules())
+    assert not any(type(m).__module__.startswith("birefnet_core.fast") for m in model.modules())
     optimize_for_inference(model, fold_batchnorm=False, **{**off, "fast_deform": True})
     assert model.optimizations == ("fold_batchnorm", "fast_deform")
-    assert not model.decoder.fast and not model.bb.layers[0].fast
+    assert {FastDeformableConv2d, FastASPPDeformable} <= _types(model)
+    assert type(model.decoder) is Decoder and type(model.bb.layers[0]) is SwinStage
     optimize_for_inference(model, fold_batchnorm=False, **{**off, "fast_head": True})
     assert model.optimizations == ("fold_batchnorm", "fast_deform", "fast_head")
-    assert model.decoder.fast and not model.bb.layers[0].fast
+    assert type(model.decoder) is FastDecoder and type(model.bb.layers[0]) is SwinStage
+    assert type(model.bb) is SwinTransformer
 
 
 def test_fast_deform_without_folding_keeps_the_norms(fixtures_dir):
@@ -86,7 +118,9 @@ def test_fast_deform_without_folding_keeps_the_norms(fixtures_dir):
     ref = copy.deepcopy(model)
     optimize_for_inference(model, fold_batchnorm=False, channels_last=False)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert not any(m.fast for m in model.modules() if isinstance(m, ASPPDeformable))
+    types = _types(model)
+    assert ASPPDeformable in types and FastASPPDeformable not in types
+    assert FastDeformableConv2d in types and DeformableConv2d not in types
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     err = (model(x).sigmoid() - ref(x).sigmoid()).abs().max().item()
     assert err <= TOLERANCE
@@ -116,10 +150,10 @@ def _random_model(arch: Architecture) -> BiRefNet:
     Architecture("pvt_v2_b0", decoder="legacy", batch_norm=False),
 ), ids=lambda a: a.name)
 def test_random_architectures_same_output(arch):
-    exact = _random_model(arch)
+    exact = _random_model(arch).to(DEVICE)
     fast = optimize_for_inference(copy.deepcopy(exact))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     err = (fast(x).sigmoid() - exact(x).sigmoid()).abs().max().item()
     assert err <= TOLERANCE, f"{arch.name}: max |Δ sigmoid| = {err:.2e}"
 
@@ -165,11 +199,10 @@ def test_fast_swin_is_the_same_function(backbone, shape):
     with torch.no_grad():
         for p in exact.parameters():
             p.normal_(0, 0.05)  # the zero-initialised bias tables and norms must matter too
+    exact.to(DEVICE)
     fast = copy.deepcopy(exact)
-    for m in fast.modules():
-        if isinstance(m, SwinStage):
-            m.fast = True
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    fast.layers = nn.ModuleList(FastSwinStage.from_exact(stage) for stage in fast.layers)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     with torch.inference_mode():
         for a, b in zip(exact(x), fast(x)):
             torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
@@ -177,7 +210,7 @@ def test_fast_swin_is_the_same_function(backbone, shape):
 
 def test_composed_head_matches_two_convolutions():
     """The 5x5 composition plus the recomputed edge equals conv3x3(conv3x3(x)) everywhere."""
-    from birefnet_core.optimize import _compose_convs
+    from birefnet_core.fast import compose_convs as _compose_convs
 
     torch.manual_seed(0)
     inner = nn.Conv2d(3, 8, 3, padding=1).double()

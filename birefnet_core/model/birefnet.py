@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -28,9 +26,8 @@ class BiRefNet(nn.Module):
     """``forward(x)``: ImageNet-normalised ``[B, 3, H, W]`` (H, W multiples of 32) -> final
     logits ``[B, 1, H, W]`` (apply a sigmoid for the 1 = foreground probability).
 
-    ``compiled_forward`` is set by :func:`birefnet_core.optimize.compile_for_inference`."""
-
-    compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    Runs in inference mode; :func:`birefnet_core.optimize.compile_for_inference` turns a model
+    into a :class:`birefnet_core.fast.CompiledBiRefNet`, whose forward enters a compiled graph."""
 
     def __init__(self, arch: Architecture = Architecture(),
                  patch_order: PatchOrder | str = PatchOrder.SPLIT):
@@ -79,13 +76,6 @@ class BiRefNet(nn.Module):
         return x1, x2, x3, x4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled_forward is not None:
-            # Graph capture cannot run in inference mode; entering the compiled function in one
-            # autograd state whatever the caller's (ComfyUI runs nodes in inference mode, a
-            # script may not) lets one graph serve them all.
-            with torch.inference_mode(False), torch.no_grad():
-                # An inference-tensor input would need a graph of its own.
-                return self.compiled_forward(x.clone() if x.is_inference() else x)
         with torch.inference_mode():
             return self._forward(x)
 

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import deform_conv2d as fast_deform_conv2d
+from ..ops import deform_conv2d as pack_deform_conv2d
 from ..ops import deform_conv2d_for
-from ..ops.linear import linear
 
 NormLayer = Optional[Callable[[int], nn.Module]]
 
@@ -36,17 +35,11 @@ class DeformableConv2d(nn.Module):
     """Modulated deformable convolution (DCNv2): offsets and a 0..2 modulator are predicted from
     the input by two plain convolutions of the same kernel.
 
-    The exact path runs torchvision's op where it works on the input's device, and the pack's
-    own otherwise (:func:`birefnet_core.ops.deform_conv2d_for`: decided once per device).
-
-    ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference`, together with
-    ``offset_modulator_conv``, the two predictors fused into one convolution) switches to
-    :func:`birefnet_core.ops.deform_conv2d`, the same function computed faster; under autocast
-    it runs in the reduced dtype unless ``fp32_under_autocast``.
+    Runs torchvision's op where it works on the input's device, and the pack's own otherwise
+    (:func:`birefnet_core.ops.deform_conv2d_for`: decided once per device). Under autocast the
+    op runs in fp32 and hands back the caller's dtype (see :meth:`forward`). The optimiser's
+    :class:`birefnet_core.fast.FastDeformableConv2d` computes the same function faster.
     """
-
-    fast: bool = False
-    fp32_under_autocast: bool = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
         super().__init__()
@@ -56,38 +49,24 @@ class DeformableConv2d(nn.Module):
         self.modulator_conv = nn.Conv2d(in_channels, k2, kernel_size, 1, padding, bias=True)
         self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, 1, padding, bias=False)
 
-    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``out``: optional destination (e.g. a channel slice of the caller's buffer)."""
-        if self.fast:
-            predicted = self.offset_modulator_conv(x)
-            k2 = predicted.shape[1] // 3
-            offset, modulator = predicted[:, :2 * k2], torch.sigmoid(predicted[:, 2 * k2:]) * 2.0
-            op = fast_deform_conv2d
-        else:
-            # torchvision's CPU kernel reads out of bounds at a NaN offset (a segfault, e.g.
-            # after an fp16 overflow); -inf is a position that samples nothing, as NaN should.
-            offset = torch.nan_to_num(self.offset_conv(x), nan=float("-inf"),
-                                      posinf=float("inf"), neginf=float("-inf"))
-            modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
-            op = deform_conv2d_for(x.device)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torchvision's CPU kernel reads out of bounds at a NaN offset (a segfault, e.g. after
+        # an fp16 overflow); -inf is a position that samples nothing, as NaN should.
+        offset = torch.nan_to_num(self.offset_conv(x), nan=float("-inf"),
+                                  posinf=float("inf"), neginf=float("-inf"))
+        modulator = 2.0 * torch.sigmoid(self.modulator_conv(x))
+        op = deform_conv2d_for(x.device)
         weight, bias = self.regular_conv.weight, self.regular_conv.bias
         reduced = bool({x.dtype, offset.dtype} & {torch.float16, torch.bfloat16})
-        if self.fast and not (reduced and self.fp32_under_autocast):
-            # In x's dtype, also a reduced one: the op computes the sampling positions in fp32
-            # (bf16 cannot address pixels past 256); accuracy in benchmarks/RESULTS.md.
-            with torch.autocast(x.device.type, enabled=False):
-                return op(x, offset, weight, bias, padding=self.padding, mask=modulator, out=out)
-        if reduced and (op is fast_deform_conv2d or x.device.type != "cuda"):
+        if reduced and (op is pack_deform_conv2d or x.device.type != "cuda"):
             # Only torchvision's CUDA kernel has an autocast rule (it upcasts); run any other op
             # in fp32 the same way and hand back the caller's dtype.
             with torch.autocast(x.device.type, enabled=False):
                 y = op(x.float(), offset.float(), weight.float(),
                        None if bias is None else bias.float(), padding=self.padding,
                        mask=modulator.float())
-            y = y.to(x.dtype)
-        else:
-            y = op(x, offset, weight, bias, padding=self.padding, mask=modulator)
-        return y if out is None else out.copy_(y)
+            return y.to(x.dtype)
+        return op(x, offset, weight, bias, padding=self.padding, mask=modulator)
 
 
 class _ASPPBranch(nn.Module):
@@ -104,16 +83,9 @@ class _ASPPBranch(nn.Module):
 class ASPPDeformable(nn.Module):
     """ASPP with deformable branches: a 1x1 branch, one branch per kernel in ``kernel_sizes``
     (``(1, 3, 7)`` for the current decoder, ``(3,)`` for the legacy one) and a global-pool
-    branch, fused by a 1x1 convolution.
-
-    ``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference` once the norms are
-    folded away and ``conv1`` is split into ``conv1`` over the spatial branches and
-    ``conv1_pool`` over the pooled one): the branches write straight into one buffer, and the
-    spatially constant pooled branch enters ``conv1`` as a per-image bias, so neither its
-    broadcast nor the concatenation is materialised.
+    branch, fused by a 1x1 convolution (:class:`birefnet_core.fast.FastASPPDeformable` is the
+    optimiser's faster form).
     """
-
-    fast: bool = False
 
     def __init__(self, in_channels: int, kernel_sizes: Sequence[int] = (1, 3, 7),
                  norm_layer: NormLayer = None, planes: int = 256):
@@ -133,30 +105,11 @@ class ASPPDeformable(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast:
-            return self._forward_fast(x)
         branches = [self.aspp1(x)]
         branches += [branch(x) for branch in self.aspp_deforms]
         # Bilinear upsampling of a 1x1 map is a constant: broadcast instead of interpolating.
         branches.append(self.global_avg_pool(x).expand(-1, -1, *x.shape[-2:]))
         return self.relu(self.bn1(self.conv1(torch.cat(branches, dim=1))))
-
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = [self.aspp1, *self.aspp_deforms]
-        planes = self.conv1.in_channels // len(spatial)
-        b, _, h, w = x.shape
-        # Channels-last: each branch's GEMM writes its slice as a strided matrix, and the 1x1
-        # fusing conv reads it ~3x faster than NCHW on the CPU.
-        buf = torch.empty(b, planes * len(spatial), h, w, dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last)
-        for i, branch in enumerate(spatial):
-            branch.atrous_conv(x, out=buf[:, i * planes:(i + 1) * planes])
-        buf.relu_()  # the branches' (folded) norms are identities
-        pooled = self.global_avg_pool(x).flatten(1)  # [B, planes]
-        bias = F.linear(pooled, self.conv1_pool.weight, self.conv1_pool.bias)  # [B, C]
-        if b == 1:
-            return self.relu(F.conv2d(buf, self.conv1.weight, bias[0]))
-        return self.relu(self.conv1(buf).add_(bias[:, :, None, None]))
 
 
 class BasicDecBlk(nn.Module):
@@ -173,16 +126,7 @@ class BasicDecBlk(nn.Module):
         self.bn_out = make_norm(norm_layer, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._after_conv_in(self.conv_in(x))
-
-    def forward_split(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-        """``forward(cat(x, extra))`` without materialising the concatenation: ``conv_in``
-        split by input channels into ``conv_in_x`` (with the bias) and ``conv_in_extra`` (set
-        by :func:`birefnet_core.optimize.optimize_for_inference`)."""
-        return self._after_conv_in(self.conv_in_x(x).add_(self.conv_in_extra(extra)))
-
-    def _after_conv_in(self, y: torch.Tensor) -> torch.Tensor:
-        y = self.dec_att(self.relu_in(self.bn_in(y)))
+        y = self.dec_att(self.relu_in(self.bn_in(self.conv_in(x))))
         return self.bn_out(self.conv_out(y))
 
 
@@ -193,18 +137,8 @@ class BasicLatBlk(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
-    def forward(self, x: torch.Tensor, add: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``conv(x)``, plus ``add`` if given. For channels-last inputs the 1x1 convolution is a
-        per-pixel linear map of contiguous rows and runs as one linear op with the addition
-        fused (:func:`birefnet_core.ops.linear`)."""
-        cl = torch.channels_last
-        if add is not None and x.is_contiguous(memory_format=cl) and add.is_contiguous(
-                memory_format=cl) and add.shape[1] == self.conv.out_channels:
-            y = linear(x.permute(0, 2, 3, 1), self.conv.weight.flatten(1), self.conv.bias,
-                       residual=add.permute(0, 2, 3, 1))
-            return y.permute(0, 3, 1, 2)
-        y = self.conv(x)
-        return y if add is None else y + add
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 class SimpleConvs(nn.Module):

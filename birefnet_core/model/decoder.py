@@ -10,18 +10,8 @@ concatenated to ``h_L``. Where it has ``gdt_convs_{L}``, ``p_L`` is gated by a s
 map. The head upsamples ``p_1`` to the image size, adds ``ipt_blk1`` of the image and predicts one
 logit channel with ``conv_out1``.
 
-``fast`` (set by :func:`birefnet_core.optimize.optimize_for_inference` together with
-``head_p1`` and ``head_image``): the head is computed without the full-size concatenation.
-``conv_out1`` is per-pixel affine and bilinear weights sum to one, so its ``p_1`` part commutes
-with the upsampling (one channel is upsampled instead of ``c1 // 2``); its image part is linear
-after ``ipt_blk1.conv_out`` and merges with it into one 3x3 convolution to a single channel
-(``head_image``), which in turn composes with ``ipt_blk1.conv1`` into one 5x5 convolution of the
-image (``head_image5``); only the one-pixel edge, where the composed kernel would read the zero
-padding of the inner convolution as the inner convolution of zeros, is computed in two steps.
-The lateral blocks add ``up(p_{L+1})`` inside their 1x1 convolution (one fused op on
-channels-last features) instead of in a separate pass, and each level's ``conv_in`` is split
-into its ``h`` and image-feature parts (``conv_in_x``, ``conv_in_extra``), so ``cat(h, ipt)``
-is never materialised (480 channels at 256² for Swin-L's level 1).
+:class:`birefnet_core.fast.FastDecoder` (built by the optimiser from this one) computes the same
+function without the full-size concatenation and with the level inputs split.
 
 The training-only heads (``conv_ms_spvn_*``, ``gdt_convs_pred_*``) are built so that published
 state dicts load strictly, and are never run.
@@ -61,8 +51,6 @@ def image_patches(image: torch.Tensor, size: tuple[int, int], order: PatchOrder)
 
 
 class Decoder(nn.Module):
-    fast: bool = False
-
     def __init__(self, channels: tuple[int, int, int, int], *, generation: DecoderGeneration,
                  patch_order: PatchOrder, norm_layer: NormLayer):
         """``channels``: encoder widths deep first, ``(c4, c3, c2, c1)`` (after the 2x of the
@@ -113,12 +101,6 @@ class Decoder(nn.Module):
             return h
         return torch.cat((h, self._image_features(image, h.shape[-2:], blk)), dim=1)
 
-    def _level(self, level: int, h: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        block = getattr(self, f"decoder_block{level}")
-        if self.fast and level + 1 in self.ipt_levels and hasattr(block, "conv_in_x"):
-            return block.forward_split(h, self._image_features(image, h.shape[-2:], level + 1))
-        return block(self._with_image(h, image, level + 1))
-
     def forward(self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
                 x4: torch.Tensor) -> torch.Tensor:
         skips = {3: x3, 2: x2, 1: x1}
@@ -128,34 +110,10 @@ class Decoder(nn.Module):
                 h = x4
             else:
                 skip = skips[level]
-                lateral = getattr(self, f"lateral_block{level + 1}")
-                if self.fast:
-                    h = lateral(skip, add=resize_to(p, skip.shape[-2:]))
-                else:
-                    h = resize_to(p, skip.shape[-2:]) + lateral(skip)
-            p = self._level(level, h, image)
+                h = resize_to(p, skip.shape[-2:]) + getattr(self, f"lateral_block{level + 1}")(skip)
+            p = getattr(self, f"decoder_block{level}")(self._with_image(h, image, level + 1))
             if level in self.gdt_levels:
                 gdt = getattr(self, f"gdt_convs_{level}")(p)
                 p = p * getattr(self, f"gdt_convs_attn_{level}")(gdt).sigmoid()
-        if self.fast:
-            return self._head_fast(p, image)
         h = self._with_image(resize_to(p, image.shape[-2:]), image, 1)
         return self.conv_out1(h)
-
-    def _head_fast(self, p: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        logits = resize_to(self.head_p1(p), image.shape[-2:])
-        return logits.add_(self._image_logit(image))
-
-    def _image_logit(self, image: torch.Tensor) -> torch.Tensor:
-        """``head_image(ipt_blk1.conv1(image))``, composed except on the one-pixel edge."""
-        def two_step(x: torch.Tensor) -> torch.Tensor:
-            return self.head_image(self.ipt_blk1.conv1(x))
-
-        if min(image.shape[-2:]) < 3:
-            return two_step(image)
-        out = self.head_image5(image)
-        out[:, :, :1] = two_step(image[:, :, :3])[:, :, :1]
-        out[:, :, -1:] = two_step(image[:, :, -3:])[:, :, -1:]
-        out[..., :1] = two_step(image[..., :3])[..., :1]
-        out[..., -1:] = two_step(image[..., -3:])[..., -1:]
-        return out

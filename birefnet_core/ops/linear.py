@@ -9,6 +9,8 @@ The Swin MLPs and projections are ~75 % of a fast Swin-L forward, so this is wor
 The fused path is taken only for float32 CPU tensors outside autocast (where the result differs
 from the unfused ops by summation order only); everything else (CUDA, reduced precision,
 builds without oneDNN) runs the plain ops, which is the reference the tests compare against.
+Whether the fast Swin stages call this op or the plain ones at all is measured per device,
+dtype and shape (``linear`` in :mod:`birefnet_core.kernels`).
 """
 
 from __future__ import annotations
