@@ -9,7 +9,6 @@ says what was expected and what to do. Pickled files are only ever read with
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import os
 import pickle
@@ -197,6 +196,14 @@ def read_checkpoint(path: str | os.PathLike, *, meta: bool = False) -> dict[str,
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():  # its target is missing, or links lead back to it
+            raise CheckpointError(
+                f"{path} is a symbolic link that leads nowhere (-> {os.readlink(path)}: missing "
+                "or a loop of links). Point the link at the weights file, or replace it with "
+                "the file.")
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder, not a weights file: select the "
+                                  ".safetensors or .pth file inside it.")
         raise CheckpointError(f"checkpoint not found: {path}. Check the file name and folder.")
     if path.suffix.lower() == ".onnx":
         raise CheckpointError(
@@ -413,20 +420,11 @@ def _check_finite_weights(sd: Mapping[str, torch.Tensor], expected: Mapping[str,
                 "download the published file again.")
 
 
-def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | None = None, *,
-                patch_order: PatchOrder | str = PatchOrder.SPLIT,
-                device: torch.device | str = "cpu",
-                path: str | os.PathLike = "<memory>") -> BiRefNet:
-    """Build a model for ``arch`` and load ``state_dict`` strictly (random init when None).
-
-    With weights, the model is built on the ``meta`` device and the tensors are assigned, so no
-    time is spent on a random initialisation that would be overwritten.
-    """
-    if state_dict is None:
-        return BiRefNet(arch, patch_order).to(device)
-    with torch.device("meta"):
-        model = BiRefNet(arch, patch_order)
-    expected = model.state_dict()
+def _fit_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                    arch: Architecture, path) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the derived buffers recomputed, checked key by key, shape by shape
+    and dtype by dtype against the model's ``expected`` one (values are not looked at, so this
+    works on ``meta`` tensors too)."""
     sd = dict(state_dict)
     # Derived buffers are recomputed, not trusted (nor required) from the file.
     for key, buf in expected.items():
@@ -448,6 +446,24 @@ def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | Non
             f"{path}: weights must be floating point, but {len(not_float)} tensor(s) are not: "
             f"{', '.join(not_float[:5])}{more}. The file is corrupt or a quantised/converted "
             "export this loader does not read; use the published model.safetensors.")
+    return sd
+
+
+def build_model(arch: Architecture, state_dict: Mapping[str, torch.Tensor] | None = None, *,
+                patch_order: PatchOrder | str = PatchOrder.SPLIT,
+                device: torch.device | str = "cpu",
+                path: str | os.PathLike = "<memory>") -> BiRefNet:
+    """Build a model for ``arch`` and load ``state_dict`` strictly (random init when None).
+
+    With weights, the model is built on the ``meta`` device and the tensors are assigned, so no
+    time is spent on a random initialisation that would be overwritten.
+    """
+    if state_dict is None:
+        return BiRefNet(arch, patch_order).to(device)
+    with torch.device("meta"):
+        model = BiRefNet(arch, patch_order)
+    expected = model.state_dict()
+    sd = _fit_state_dict(state_dict, expected, arch, path)
     _check_finite_weights(sd, expected, path)
     model.load_state_dict(sd, strict=True, assign=True)
     model.reset_static()
@@ -493,7 +509,11 @@ def inspect_model(path: str | os.PathLike, *, family: str | Family | None = None
     state_dict, stored = filter_checkpoint(raw, path)
     arch = detect_architecture(state_dict, path)
     fam = _resolve_family(path, arch, family, patch_order)
-    return ModelInfo(os.fspath(path), arch, fam, _parameter_count(arch, fam.patch_order), stored)
+    with torch.device("meta"):
+        model = BiRefNet(arch, fam.patch_order)
+    _fit_state_dict(state_dict, model.state_dict(), arch, path)
+    n_params = sum(p.numel() for p in model.parameters())
+    return ModelInfo(os.fspath(path), arch, fam, n_params, stored)
 
 
 def _resolve_family(path, arch: Architecture, family, patch_order) -> Family:
@@ -504,8 +524,3 @@ def _resolve_family(path, arch: Architecture, family, patch_order) -> Family:
         fam = get_family(family)
     return get_family(fam, patch_order=patch_order)
 
-
-@functools.lru_cache(maxsize=16)
-def _parameter_count(arch: Architecture, patch_order: PatchOrder) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in BiRefNet(arch, patch_order).parameters())

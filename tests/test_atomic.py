@@ -28,7 +28,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
 
 
 def test_a_killed_writer_leaves_a_hidden_part_file_that_no_reader_takes_for_an_output(tmp_path):
-    from birefnet_core.cli import expand_inputs
+    from birefnet_core.batch import expand_inputs
     from birefnet_core.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
 
     (tmp_path / "frame.png").write_bytes(b"an input")

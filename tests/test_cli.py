@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from birefnet_core.cli import Job, chunks_of_same_size, expand_inputs, main
+from birefnet_core.batch import MANIFEST_NAME
+from birefnet_core.batch import Job, chunks_of_same_size, expand_inputs
+from birefnet_core.cli import main
 from birefnet_core.model import BiRefNet
 from birefnet_core.variants import Architecture
 
@@ -24,6 +26,11 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "BiRefNet_lite-test.safetensors"
     save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
     return path
+
+
+def _outputs(folder):
+    """The files a run wrote in ``folder``, less its manifest."""
+    return sorted(p for p in folder.iterdir() if p.name != MANIFEST_NAME)
 
 
 def _write_frames(folder, sizes):
@@ -54,7 +61,7 @@ def test_remove_writes_one_mask_per_frame_at_its_size(checkpoint, tmp_path):
     rc = main(["remove", str(checkpoint), str(frames), "-o", str(out), "--output", "mask",
                "--resolution", "64x64", "--suffix", "_mask", "-q"])
     assert rc == 0
-    written = sorted(out.iterdir())
+    written = _outputs(out)
     assert [p.name for p in written] == [f"frame_{i:04d}_mask.png" for i in range(3)]
     sizes = [Image.open(p).size for p in written]
     assert sizes == [(48, 40), (48, 40), (40, 56)]
@@ -221,7 +228,7 @@ def test_one_folder_keeps_flat_names_and_loose_files_keep_their_common_parent(ch
     _write_frames(tmp_path / "in" / "x", [(16, 16)] * 2)
     _write_frames(tmp_path / "in" / "y", [(16, 16)])
     assert _remove(checkpoint, tmp_path / "in" / "x", "-o", tmp_path / "flat") == 0
-    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == [
+    assert [p.name for p in _outputs(tmp_path / "flat")] == [
         "frame_0000.png", "frame_0001.png"]
     assert _remove(checkpoint, tmp_path / "in" / "x" / "frame_0001.png",
                    tmp_path / "in" / "y" / "frame_0000.png", "-o", tmp_path / "loose") == 0
@@ -275,7 +282,7 @@ def test_a_corrupt_image_is_reported_and_the_rest_is_written(checkpoint, tmp_pat
     out = tmp_path / "out"
     assert _remove(checkpoint, frames, "-o", out) == 1
     err = capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["frame_0000.png", "frame_0002.png"]
+    assert [p.name for p in _outputs(out)] == ["frame_0000.png", "frame_0002.png"]
     failures = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(failures) == 2 and "frame_0001.png" in failures[0] and \
         "frame_0003.jpg" in failures[1], err
@@ -338,7 +345,7 @@ def test_ctrl_c_in_a_subprocess_exits_130_and_keeps_finished_outputs(checkpoint,
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted"), err
     assert "Traceback" not in err, err
-    outputs = sorted(out.iterdir())
+    outputs = _outputs(out)
     assert 0 < len(outputs) < count, f"{len(outputs)} outputs: not interrupted mid-run?"
     for path in outputs:
         assert path.name.startswith("frame_") and path.suffix == ".png", f"leftover {path.name}"

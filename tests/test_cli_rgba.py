@@ -1,0 +1,54 @@
+"""Issue 17 item 7: one name, one meaning for ``rgba`` in the CLI and the nodes.
+
+``--output rgba`` is the Segment node's rgba (the image's own colours, alpha = the mask);
+``--output cutout`` (the default) adds estimated foreground colours at the edges, like the
+Composite node's transparent output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from birefnet_core.cli import main
+from birefnet_core.model import BiRefNet
+from birefnet_core.variants import Architecture
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    sd = BiRefNet(Architecture("pvt_v2_b0")).state_dict()
+    path = tmp_path_factory.mktemp("models") / "BiRefNet_lite-test.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
+    return path
+
+
+def _png(path):
+    return np.asarray(Image.open(path), dtype=np.float32) / 255
+
+
+def test_rgba_keeps_the_image_colours_and_cutout_estimates_them(checkpoint, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(src / "f.png")
+    image = _png(src / "f.png")
+    outs = {}
+    for kind in ("rgba", "cutout", None):
+        out = tmp_path / str(kind)
+        extra = ["--output", kind] if kind else []
+        assert main(["remove", str(checkpoint), str(src), "-o", str(out), "--resolution",
+                     "64x64", "-q", *extra]) == 0
+        (png,) = sorted(out.glob("*.png"))
+        outs[kind] = _png(png)
+    rgba, cutout = outs["rgba"], outs["cutout"]
+    assert rgba.shape == cutout.shape == (40, 48, 4)
+    assert np.abs(rgba[..., :3] - image).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_array_equal(rgba[..., 3], cutout[..., 3])
+    # The random model's mask is soft: estimated colours differ from the image's somewhere.
+    assert np.abs(cutout[..., :3] - image).max() > 2 / 255
+    np.testing.assert_array_equal(outs[None], cutout)  # the default is the cut-out
