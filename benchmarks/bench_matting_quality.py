@@ -47,8 +47,8 @@ def refine_table(cases):
             for bn, bg in bgs.items():
                 img = a * f + (1 - a) * bg
                 for label, fn in (("plain GF", lambda: plain_guided(ad, img, ws)),
-                                  ("guided", lambda: R.refine_edges(ad, img, ws, "guided")),
-                                  ("matting", lambda: R.refine_edges(ad, img, ws, "matting"))):
+                                  ("guided", lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "guided")),
+                                  ("matting", lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "matting"))):
                     t = time.perf_counter()
                     out = fn()
                     dt = time.perf_counter() - t
@@ -86,8 +86,8 @@ def timing_table(repeats=5):
         for label, fn in (
                 ("blur-fusion (integral image)", lambda: C.blur_fusion_foreground(img, a)),
                 ("multilevel foreground", lambda: C.estimate_foreground(img, a)),
-                (f"refine guided (ws {ws})", lambda: R.refine_edges(a, img, ws, "guided")),
-                (f"refine matting (ws {ws})", lambda: R.refine_edges(a, img, ws, "matting"))):
+                (f"refine guided (ws {ws})", lambda: R.refine_edges(a, img.permute(0, 2, 3, 1), ws, "guided")),
+                (f"refine matting (ws {ws})", lambda: R.refine_edges(a, img.permute(0, 2, 3, 1), ws, "matting"))):
             best = float("inf")
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -101,9 +101,9 @@ def timing_table(repeats=5):
         t, size=(2048, 2048), mode="bilinear", align_corners=False).clamp(0, 1)
     img2, a2 = up(a * f + (1 - a) * bgs["beach"]), up(a)
     for label, fn in (("refine guided (ws 1024), lemur matte",
-                       lambda: R.refine_edges(a2, img2, 1024, "guided")),
+                       lambda: R.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "guided")),
                       ("refine matting (ws 1024), lemur matte",
-                       lambda: R.refine_edges(a2, img2, 1024, "matting")),
+                       lambda: R.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "matting")),
                       ("multilevel foreground, lemur matte",
                        lambda: C.estimate_foreground(img2, a2)),
                       ("blur-fusion, lemur matte", lambda: C.blur_fusion_foreground(img2, a2))):

@@ -19,12 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .filters import Tiles, band_tiles, box_filter, gather_tiles
-from .refine import as_mask4d, check_finite, match_mask_to_image
+from .filters import Tiles, band_tiles, box_mean, gather_tiles
+from .filters import box_sum_valid as _window_sum
+from .layout import check_finite, fit_masks, images_to_bchw, masks_to_b1hw
 
 __all__ = [
     "parse_hex_color",
     "blur_fusion_foreground",
+    "BLUR_FUSION_WINDOWS",
+    "ALPHA_ERROR",
+    "ALPHA_OUTLIER",
     "estimate_foreground",
     "despill",
     "fit_background",
@@ -53,31 +57,6 @@ def parse_hex_color(text: str) -> tuple[float, float, float, float]:
     return tuple(vals + [1.0] * (4 - len(vals)))  # type: ignore[return-value]
 
 
-def _image4d(image: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """IMAGE ``[B,H,W,C]`` / ``[H,W,C]`` -> float ``[B,C,H,W]`` in 0..1 (uint8 is divided by 255;
-    float data above 1.5 is refused as 0..255, NaN or inf as such)."""
-    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or \
-            image.shape[-1] not in (3, 4):
-        raise InputError(f"{name}: expected an IMAGE [B,H,W,3|4] (or [H,W,3|4]), got "
-                         f"{list(getattr(image, 'shape', [])) or type(image).__name__}.")
-    if image.ndim == 3:
-        image = image[None]
-    if image.dtype == torch.uint8:
-        image = image.float().div_(255)
-    elif not image.is_floating_point():
-        image = image.float()
-    check_finite(image, name)
-    if image.numel():
-        peaks = image.amax(dim=(1, 2, 3))
-        over = (peaks > 1.5).nonzero()  # 0..255 data in a float tensor; overshoot is tolerated
-        if len(over):
-            i = int(over[0])
-            raise InputError(f"{name}: frame {i} has values up to {float(peaks[i]):.4g}, but "
-                             "float images must be 0..1: divide them by 255 (or pass uint8, "
-                             "which is converted).")
-    return image.permute(0, 3, 1, 2)
-
-
 def _resize(x, size, mode="bilinear"):
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -88,32 +67,47 @@ def _resize(x, size, mode="bilinear"):
 # --------------------------------------------------------------------------------------------
 # Foreground estimation
 # --------------------------------------------------------------------------------------------
-def _blur_fusion_pass(image, alpha, fg, bg, radius):
-    ba = box_filter(alpha, radius)
-    m = box_filter(torch.cat([fg * alpha, bg * (1 - alpha)], 1), radius)
+def _blur_fusion_pass(image, alpha, fg, bg, size, border):
+    ba = box_mean(alpha, size, border)
+    m = box_mean(torch.cat([fg * alpha, bg * (1 - alpha)], 1), size, border)
     fb = m[:, :3] / (ba + 1e-5)
     bb = m[:, 3:] / (1 - ba + 1e-5)
     fg = (fb + alpha * (image - alpha * fb - (1 - alpha) * bb)).clamp(0, 1)
     return fg, bb
 
 
+BLUR_FUSION_WINDOWS = (90, 6)
+
+
 def blur_fusion_foreground(image: torch.Tensor, alpha: torch.Tensor,
-                           radii: tuple[int, ...] = (90, 6)) -> tuple[torch.Tensor, torch.Tensor]:
+                           windows: tuple[int, ...] = BLUR_FUSION_WINDOWS,
+                           border: str = "reflect") -> tuple[torch.Tensor, torch.Tensor]:
     """Two-pass blur-fusion foreground estimation (Forte & Pitie, "approximate fast FG").
 
     ``image`` ``[B,3,H,W]``, ``alpha`` ``[B,1,H,W]`` (1 = foreground). Returns straight
-    foreground colours and the smooth background estimate, both ``[B,3,H,W]``. Box blurs are
-    integral images, so the cost does not depend on the radii. Kept as the reference method.
+    foreground colours and the smooth background estimate, both ``[B,3,H,W]``. ``windows`` are
+    the box-blur window *widths* in px of the passes (the published method: 90 then 6, as
+    ``cv2.blur(x, (w, w))``; an even width reaches one pixel further back than forward) and
+    ``border`` the border mode of :func:`~.filters.box_mean` (``"reflect"``: OpenCV's default,
+    mirrored without repeating the edge pixel). Box blurs are cumulative sums, so the cost does
+    not depend on the windows. Kept as the reference method and the benchmark baseline.
 
     >>> fg, bg = blur_fusion_foreground(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8))
     >>> fg.shape
     torch.Size([1, 3, 8, 8])
     """
     fg, bg = image, image
-    for r in radii:
-        fg, bg = _blur_fusion_pass(image, alpha, fg, bg, r)
+    for size in windows:
+        fg, bg = _blur_fusion_pass(image, alpha, fg, bg, int(size), border)
     return fg, bg
 
+
+# Variance of the alpha error the band passes allow for everywhere (0.03 rms), on top of the
+# per-pixel robust estimate below (issue 17's sweeps in benchmarks/RESULTS_refine.md).
+ALPHA_ERROR = 0.001
+# Squared implied-alpha deviation, in units of what the local colour variances explain, beyond
+# which the excess is taken as alpha error (a robust, per-pixel estimate; 0 = off).
+ALPHA_OUTLIER = 9.0
 
 _SHIFTS = ((0, 1), (2, 1), (1, 0), (1, 2))  # up, down, left, right in a 1-px padded frame
 
@@ -150,34 +144,25 @@ def _multilevel_level(image, alpha, fg, bg, iterations, regularization, gradient
     return fg, bg
 
 
-def _window_sum(x, n, dim):
-    """Sums of ``n`` consecutive entries along ``dim`` over the windows fully inside ``x``.
-
-    Built from power-of-two partial sums (``log2 n`` adds plus one per set bit of ``n``):
-    no cumulative sum, so no cancellation and no centring needed in float32.
-    """
-    m = x.shape[dim] - n + 1
-    out, off, s, length = None, 0, x, 1
-    while True:
-        if n & length:
-            part = s.narrow(dim, off, m)
-            out = part.clone() if out is None else out.add_(part)
-            off += length
-        if 2 * length > n:
-            return out
-        k = s.shape[dim] - length
-        s = s.narrow(dim, 0, k) + s.narrow(dim, length, k)
-        length *= 2
-
-
-def _local_fb_passes(image, alpha, fg, bg, radii, noise):
+def _local_fb_passes(image, alpha, fg, bg, radii, noise, alpha_error=0.0, alpha_outlier=0.0):
     """Refine F and B with local colour statistics and the compositing constraint, per pixel.
 
     Each pass models F and B near a pixel as the alpha-weighted (resp. (1-alpha)-weighted)
     local mean of the current estimates within ``r`` px, with that window's colour variance
     ``vF`` (``vB``) as its uncertainty, and takes the least-squares update that explains the
-    observed colour: with ``e = I - a Fm - (1-a) Bm`` and ``S = a^2 vF + (1-a)^2 vB + noise``,
-    ``F = Fm + a vF e / S`` and ``B = Bm + (1-a) vB e / S``. Radii go from coarse to fine.
+    observed colour ``I = a F + (1 - a) B`` when alpha itself may be off by a zero-mean error
+    of variance ``alpha_error`` (plus, with ``alpha_outlier > 0``, the excess of the alpha
+    error the pixel itself implies, ``(d.e / |d|^2)^2``, over ``alpha_outlier`` times what the
+    colour variances explain along ``d``, ``s / |d|^2``: a robust per-pixel estimate, large
+    where a segmenter's mask is off, ~0 for a true matte). With ``e = I - a Fm - (1-a) Bm``,
+    ``d = Fm - Bm``, the
+    residual's covariance is ``S = s Id + alpha_error d d^T`` with ``s = a^2 vF + (1-a)^2 vB
+    + noise``, and ``F = Fm + a vF S^-1 e``, ``B = Bm + (1-a) vB S^-1 e`` (``S^-1`` by
+    Sherman-Morrison: ``(e - alpha_error d (d.e) / (s + alpha_error |d|^2)) / s``). The
+    ``d d^T`` term is what keeps a segmenter's alpha error out of the colours: where a pixel
+    of pure background is given a = 0.3, ``e = -0.3 d`` lies along ``d`` and is left
+    unexplained, instead of painting the old background into F (over a flat background
+    ``vB`` is at its floor and the whole residual would go to F). Radii go coarse to fine.
 
     Inputs are ``[N, C, k, k]`` crops; each pass computes only the windows that lie fully
     inside its input ("valid" box means), so the outputs are ``k - 2 sum(radii)`` px wide: the
@@ -209,7 +194,19 @@ def _local_fb_passes(image, alpha, fg, bg, radii, noise):
         wb = 1 - alpha
         e = image - bm
         e.addcmul_(alpha, fm - bm, value=-1)  # I - a Fm - (1 - a) Bm
-        inv_s = (alpha * alpha * vf).addcmul_(wb * wb, vb).add_(noise).reciprocal_()
+        s = (alpha * alpha * vf).addcmul_(wb * wb, vb).add_(noise)
+        if alpha_error > 0 or alpha_outlier > 0:
+            d = fm - bm
+            de = (d * e).sum(1, keepdim=True)
+            dd = (d * d).sum(1, keepdim=True)
+            va = alpha_error
+            if alpha_outlier > 0:
+                # The alpha error this pixel implies, (d.e / |d|^2)^2, beyond alpha_outlier x
+                # the variance the colour models explain along d (s / |d|^2).
+                va = (de * de / (dd * dd + 1e-12) - alpha_outlier * s / (dd + 1e-12)
+                      ).clamp_(min=0).add_(alpha_error)
+            e.addcmul_(d, de.mul_(va).div_(dd.mul_(va).add_(s)), value=-1)
+        inv_s = s.reciprocal_()
         fg = torch.addcmul(fm, (alpha * vf).mul_(inv_s), e).clamp_(0, 1)
         bg = torch.addcmul(bm, (wb * vb).mul_(inv_s), e).clamp_(0, 1)
     return fg, bg
@@ -258,7 +255,8 @@ def _upsample_and_correct(image, alpha, fg_s, bg_s, final_weight, chunk_pixels=1
     return fg, bg
 
 
-def _band_passes_inplace(image, alpha, fg, bg, tiles, radii, noise, batch_pixels=1 << 16):
+def _band_passes_inplace(image, alpha, fg, bg, tiles, radii, noise, alpha_error=0.0,
+                         alpha_outlier=0.0, batch_pixels=1 << 16):
     """Run :func:`_local_fb_passes` on the band's tiles and write their centres into ``fg``/``bg``.
 
     Tiles are gathered and solved a few at a time (small, cache-resident temporaries); all
@@ -274,7 +272,7 @@ def _band_passes_inplace(image, alpha, fg, bg, tiles, radii, noise, batch_pixels
         sub = Tiles(tiles.frame[sl], tiles.y[sl], tiles.x[sl], t, hl, tiles.size)
         st = gather_tiles([image, alpha, fg, bg], sub)
         f_t, b_t = _local_fb_passes(st[:, 0:3], st[:, 3:4], st[:, 4:7], st[:, 7:10], radii,
-                                    noise)
+                                    noise, alpha_error, alpha_outlier)
         res[sl, 0:3] = f_t
         res[sl, 3:6] = b_t
     h, w = tiles.size
@@ -287,7 +285,9 @@ def _band_passes_inplace(image, alpha, fg, bg, tiles, radii, noise, batch_pixels
 def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = "multilevel",
                         max_side: int = 128, regularization: float = 1e-5,
                         gradient_weight: float = 0.3, final_weight: float = 0.05,
-                        local_radii: tuple[int, ...] = (4, 2), local_noise: float = 1e-5,
+                        local_radii: tuple[int, ...] = (8, 4, 2), local_noise: float = 1e-5,
+                        alpha_error: float = ALPHA_ERROR,
+                        alpha_outlier: float = ALPHA_OUTLIER,
                         tile: int = 64, max_band_fraction: float = 0.4,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight foreground colours F (and background B) with ``image ~ a F + (1 - a) B``.
@@ -299,6 +299,14 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
     then, in the band only (``0 < a < 1``, gathered as tiles), ``len(local_radii)`` passes of a
     local-statistics least-squares update (:func:`_local_fb_passes`: F and B as local weighted
     means with their variances as uncertainty, corrected to explain ``I``), coarse to fine.
+    ``alpha_error`` is the variance of the error the passes allow in ``alpha`` itself: the
+    part of the residual along ``F - B`` that an alpha error of that size explains is not
+    painted into the colours. A segmenter's mask is off at its edges; without this term a
+    pixel of pure background that the mask calls partly foreground gets the old background's
+    colour as its foreground (a green rim over a green screen). ``alpha_outlier`` adds, per
+    pixel, the alpha error the pixel's own colour implies beyond ``alpha_outlier`` x what the
+    local colour variances explain. ``alpha_error=0, alpha_outlier=0`` trusts ``alpha``
+    fully (the pre-issue-17 behaviour with ``local_radii=(4, 2)``).
     The passes are skipped when the band's tiles cover more than ``max_band_fraction`` of the
     image (a heavily feathered mask), to bound the cost. Outside the band the full-size
     work is a handful of elementwise operations, done in row chunks together with the
@@ -357,7 +365,7 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
         covered = len(tiles) * tile * tile
         if len(tiles) and covered <= max(max_band_fraction * alpha.shape[0] * H * W, 2 ** 18):
             _band_passes_inplace(image, alpha, fg, bg, tiles, tuple(int(r) for r in local_radii),
-                                 local_noise)
+                                 local_noise, float(alpha_error), float(alpha_outlier))
     return fg, bg
 
 
@@ -458,7 +466,7 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
     """Put the masked foreground of ``image`` over a new background.
 
     Args:
-        image: IMAGE ``[B,H,W,3|4]`` (a 4th channel is ignored), 0..1.
+        image: IMAGE ``[B,H,W,C]`` (C = 1, 3 or 4; a 4th channel is ignored), 0..1 or uint8.
         mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, **1 = foreground**. Resized bilinearly
             to the image if the sizes differ; a single mask is used for every frame.
         background: ``"transparent"``, a hex colour ``"#RRGGBB"`` / ``"#RRGGBBAA"``, or an IMAGE
@@ -476,11 +484,11 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
     """
     if foreground not in FOREGROUND_METHODS:
         raise InputError(f"foreground method {foreground!r} is not one of {FOREGROUND_METHODS}.")
-    img = _image4d(image)
+    img = images_to_bchw(image, "image")
     B, _, H, W = img.shape
     rgb = img[:, :3]
-    m4, _ = as_mask4d(mask)
-    alpha = match_mask_to_image(m4.to(device=rgb.device, dtype=rgb.dtype), (H, W), B).clamp(0, 1)
+    m4, _ = masks_to_b1hw(mask)
+    alpha = fit_masks(m4.to(device=rgb.device, dtype=rgb.dtype), (H, W), B).clamp(0, 1)
 
     if foreground == "none":
         fg, old_bg = rgb, rgb
@@ -497,7 +505,8 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
             bg = torch.tensor(parse_hex_color(background), dtype=rgb.dtype,
                               device=rgb.device).view(1, 4, 1, 1)
     elif isinstance(background, torch.Tensor):
-        bgi = _image4d(background, "background").to(device=rgb.device, dtype=rgb.dtype)
+        bgi = images_to_bchw(background, "background", alpha=True).to(device=rgb.device,
+                                                                      dtype=rgb.dtype)
         if bgi.shape[0] not in (1, B):
             raise InputError(f"background batch has {bgi.shape[0]} frames but the image batch "
                              f"has {B}: pass one background for every frame or exactly {B}.")

@@ -14,9 +14,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "box_mean",
     "box_filter",
+    "box_sum_valid",
     "gaussian_like_blur",
     "guided_filter",
+    "guided_filter_coeffs",
+    "solve_dtype",
     "dilate",
     "erode",
     "connected_components",
@@ -30,22 +34,79 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Box filter (integral image, separable)
 # --------------------------------------------------------------------------------------------
-def _box_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Windowed *sum* over ``[i - r, i + r]`` along ``dim`` (-1 or -2), clipped at the borders."""
+def _box_1d(x: torch.Tensor, before: int, after: int, dim: int) -> torch.Tensor:
+    """Windowed *sum* over ``[i - before, i + after]`` along ``dim`` (-1 or -2), clipped at the
+    borders (pixels outside the image count as 0)."""
     n = x.shape[dim]
     c = torch.cumsum(x, dim=dim)
     lead = list(x.shape)
-    lead[dim] = r + 1
+    lead[dim] = before + 1
     tail = list(x.shape)
-    tail[dim] = r
-    # c_ext[k] = sum of x[:k - r - 1] clipped to [0, n]: zeros before, the total after.
+    tail[dim] = after
+    # c_ext[k] = sum of x[:k - before - 1] clipped to [0, n]: zeros before, the total after.
     c = torch.cat([c.new_zeros(lead), c, c.narrow(dim, n - 1, 1).expand(tail)], dim=dim)
-    return c.narrow(dim, 2 * r + 1, n) - c.narrow(dim, 0, n)
+    return c.narrow(dim, before + after + 1, n) - c.narrow(dim, 0, n)
 
 
-def _box_count(n: int, r: int, device, dtype) -> torch.Tensor:
+def _box_count(n: int, before: int, after: int, device, dtype) -> torch.Tensor:
     i = torch.arange(n, device=device)
-    return (torch.clamp(i + r + 1, max=n) - torch.clamp(i - r, min=0)).to(dtype)
+    return (torch.clamp(i + after + 1, max=n) - torch.clamp(i - before, min=0)).to(dtype)
+
+
+def _reflect_index(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Indices of ``x`` padded by ``before`` / ``after`` entries, mirrored about the first and
+    the last entry without repeating them (``d c b | a b c d | c b a``), for any pad width."""
+    i = torch.arange(-before, n + after, device=device)
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    i = torch.remainder(i, period)
+    return torch.where(i >= n, period - i, i)
+
+
+def box_mean(x: torch.Tensor, size: int | tuple[int, int], border: str = "clip") -> torch.Tensor:
+    """Mean over a ``size``-px window (int or ``(sy, sx)``): the one box filter of the package.
+
+    The window of pixel ``i`` is ``[i - size // 2, i + size - 1 - size // 2]`` (centred for an
+    odd size; an even size reaches one pixel further back than forward, as OpenCV's
+    ``cv2.blur`` and SciPy's ``uniform_filter`` place it). ``border="clip"`` averages only the
+    pixels inside the image; ``"reflect"`` mirrors the image about its edge pixels
+    (``cv2.BORDER_REFLECT_101``, SciPy's ``mode="mirror"``). ``x`` is ``[..., H, W]`` floating;
+    the cost is O(1) per pixel whatever the size (cumulative sums of the input centred on its
+    mean, so float32 stays accurate at 4K).
+
+    >>> box_mean(torch.tensor([[0., 0., 3., 0.]]), (1, 2), border="reflect").tolist()
+    [[0.0, 0.0, 1.5, 1.5]]
+    """
+    sy, sx = (size, size) if isinstance(size, int) else size
+    sy, sx = int(sy), int(sx)
+    if sy < 1 or sx < 1:
+        raise ValueError(f"box_mean: window size must be >= 1 px, got {size!r}.")
+    if border not in ("clip", "reflect"):
+        raise ValueError(f"box_mean: border must be 'clip' or 'reflect', got {border!r}.")
+    shift = x.mean(dim=(-2, -1), keepdim=True)
+    y = x - shift
+    norm = None
+    for dim, k in ((-1, sx), (-2, sy)):
+        if k == 1:
+            continue
+        n = x.shape[dim]
+        before, after = k // 2, k - 1 - k // 2
+        if border == "reflect":
+            y = y.index_select(dim, _reflect_index(n, before, after, x.device))
+            c = torch.cumsum(y, dim=dim)
+            c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)
+            y = c.narrow(dim, k, n) - c.narrow(dim, 0, n)
+            cnt = torch.full((n,), float(k), device=x.device, dtype=x.dtype)
+        else:
+            # A window reaching n - 1 px either way already spans the whole axis from every
+            # pixel: clamp, so the padded cumulative sum grows with the image, not the window.
+            before, after = min(before, n - 1), min(after, n - 1)
+            y = _box_1d(y, before, after, dim)
+            cnt = _box_count(n, before, after, x.device, x.dtype)
+        cnt = cnt.view(n, 1) if dim == -2 else cnt
+        norm = cnt if norm is None else cnt * norm
+    return y if norm is None else y / norm + shift
 
 
 def box_filter(x: torch.Tensor, radius: int | tuple[int, int]) -> torch.Tensor:
@@ -58,31 +119,42 @@ def box_filter(x: torch.Tensor, radius: int | tuple[int, int]) -> torch.Tensor:
     Returns:
         ``[B, C, H, W]`` local means (borders average only the pixels that exist).
 
-    Cost is O(1) per pixel for any radius (two cumulative sums). The input is centred on its
-    global mean first so that float32 cumulative sums stay accurate at 4K.
+    :func:`box_mean` with ``size = 2 r + 1`` and clipped borders (O(1) per pixel).
 
     >>> box_filter(torch.ones(1, 1, 5, 5), 2).allclose(torch.ones(1, 1, 5, 5))
     True
     """
     ry, rx = (radius, radius) if isinstance(radius, int) else radius
     h, w = x.shape[-2:]
-    # A window of radius n - 1 already spans the whole axis from every pixel, so a larger one
-    # gives the same sums (and the same arithmetic): clamp, or the padded cumulative sum of
-    # _box_1d would grow with the radius instead of with the image.
-    ry, rx = min(int(ry), h - 1), min(int(rx), w - 1)
+    ry, rx = max(0, min(int(ry), h - 1)), max(0, min(int(rx), w - 1))
     if ry <= 0 and rx <= 0:
         return x
-    shift = x.mean(dim=(-2, -1), keepdim=True)
-    y = x - shift
-    norm = None
-    if rx > 0:
-        y = _box_1d(y, rx, -1)
-        norm = _box_count(w, rx, x.device, x.dtype).view(1, w)
-    if ry > 0:
-        y = _box_1d(y, ry, -2)
-        cy = _box_count(h, ry, x.device, x.dtype).view(h, 1)
-        norm = cy if norm is None else cy * norm
-    return y / norm + shift
+    return box_mean(x, (2 * ry + 1, 2 * rx + 1), border="clip")
+
+
+def box_sum_valid(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive entries along ``dim`` over the windows fully inside ``x``
+    (``x.shape[dim] - n + 1`` of them): the "valid" member of the box family, for tile crops
+    whose halo covers the window.
+
+    Built from power-of-two partial sums (``log2 n`` adds plus one per set bit of ``n``):
+    no cumulative sum, so no cancellation and no centring needed in float32.
+
+    >>> box_sum_valid(torch.arange(5.0), 3, -1).tolist()
+    [3.0, 6.0, 9.0]
+    """
+    m = x.shape[dim] - n + 1
+    out, off, s, length = None, 0, x, 1
+    while True:
+        if n & length:
+            part = s.narrow(dim, off, m)
+            out = part.clone() if out is None else out.add_(part)
+            off += length
+        if 2 * length > n:
+            return out
+        k = s.shape[dim] - length
+        s = s.narrow(dim, 0, k) + s.narrow(dim, length, k)
+        length *= 2
 
 
 def gaussian_like_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -119,40 +191,66 @@ def _inv3_sym(a11, a12, a13, a22, a23, a33):
             c22 * inv_det, c23 * inv_det, c33 * inv_det)
 
 
-def guided_filter_coeffs(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float):
-    """Per-window linear coefficients ``(A, b)`` with ``src ~ A . guide + b`` (already box-averaged).
+def solve_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the small per-pixel linear solves: float64 where the device has it.
 
-    ``guide`` is ``[B, 1 or 3, H, W]``, ``src`` ``[B, 1, H, W]``. Returns ``A`` ``[B, Cg, H, W]``
-    and ``b`` ``[B, 1, H, W]``, both mean-filtered, so that ``q = (A * guide).sum(1) + b``.
+    The 3x3 covariance systems of a colour guided filter are near-singular on a near
+    two-colour guide (dark hair against a smooth sky): in float32 a few coefficients blow up
+    while staying finite, and the box mean of the coefficients spreads each over a whole
+    ``(2r+1)^2`` square (blocks of inverted alpha). MPS has no float64.
     """
-    mean = lambda t: box_filter(t, radius)  # noqa: E731
-    mp = mean(src)
-    if guide.shape[1] == 1:
-        mi = mean(guide)
-        var = mean(guide * guide) - mi * mi
-        cov = mean(guide * src) - mi * mp
-        a = cov / (var + eps)
-        b = mp - a * mi
-        return mean(a), mean(b)
-    mi = mean(guide)  # [B,3,H,W]
-    r, g, bl = guide[:, 0:1], guide[:, 1:2], guide[:, 2:3]
-    prods = torch.cat([r * r, r * g, r * bl, g * g, g * bl, bl * bl, guide * src], dim=1)
-    m = mean(prods)
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _colour_moments(guide: torch.Tensor, radius: int, eps: float):
+    """Box means of a ``[B, 3, H, W]`` guide and the inverse of its regularised local
+    covariance ``(Sigma + eps I)^-1`` (6 unique entries) at ``radius``: the part of the
+    guided-filter solve that does not depend on the filtered signal."""
+    mi = box_filter(guide, radius)
+    m = box_filter(_sym6(guide), radius)
     mr, mg, mb = mi[:, 0:1], mi[:, 1:2], mi[:, 2:3]
-    vrr = m[:, 0:1] - mr * mr + eps
-    vrg = m[:, 1:2] - mr * mg
-    vrb = m[:, 2:3] - mr * mb
-    vgg = m[:, 3:4] - mg * mg + eps
-    vgb = m[:, 4:5] - mg * mb
-    vbb = m[:, 5:6] - mb * mb + eps
-    cov = m[:, 6:9] - mi * mp
-    i11, i12, i13, i22, i23, i33 = _inv3_sym(vrr, vrg, vrb, vgg, vgb, vbb)
+    inv = _inv3_sym(m[:, 0:1] - mr * mr + eps, m[:, 1:2] - mr * mg, m[:, 2:3] - mr * mb,
+                    m[:, 3:4] - mg * mg + eps, m[:, 4:5] - mg * mb, m[:, 5:6] - mb * mb + eps)
+    return mi, inv
+
+
+def _sym6(x: torch.Tensor) -> torch.Tensor:
+    """The 6 distinct entries of ``x x^T`` for a ``[N, 3, H, W]`` colour tensor."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return torch.cat([r * r, r * g, r * b, g * g, g * b, b * b], 1)
+
+
+def _guided_ab(guide, src, radius, mi, inv):
+    """Per-window ``(a, b)`` (not yet box-averaged) of ``src ~ a . guide + b``, given the
+    guide's moments from :func:`_colour_moments`; ``src`` is ``[B, 1, H, W]``."""
+    mp = box_filter(src, radius)
+    cov = box_filter(guide * src, radius) - mi * mp
+    i11, i12, i13, i22, i23, i33 = inv
     cr, cg, cb = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
     a = torch.cat([i11 * cr + i12 * cg + i13 * cb,
                    i12 * cr + i22 * cg + i23 * cb,
                    i13 * cr + i23 * cg + i33 * cb], dim=1)
     b = mp - (a * mi).sum(1, keepdim=True)
-    ab = mean(torch.cat([a, b], dim=1))
+    return a, b
+
+
+def guided_filter_coeffs(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float):
+    """Per-window linear coefficients ``(A, b)`` with ``src ~ A . guide + b`` (box-averaged).
+
+    ``guide`` is ``[B, 1 or 3, H, W]``, ``src`` ``[B, 1, H, W]``. Returns ``A`` ``[B, Cg, H, W]``
+    and ``b`` ``[B, 1, H, W]``, both mean-filtered, so that ``q = (A * guide).sum(1) + b``.
+    Computed in the input's dtype (see :func:`solve_dtype` for why callers promote).
+    """
+    if guide.shape[1] == 1:
+        mi, mp = box_filter(guide, radius), box_filter(src, radius)
+        var = box_filter(guide * guide, radius) - mi * mi
+        cov = box_filter(guide * src, radius) - mi * mp
+        a = cov / (var + eps)
+        b = mp - a * mi
+        return box_filter(a, radius), box_filter(b, radius)
+    mi, inv = _colour_moments(guide, radius, eps)
+    a, b = _guided_ab(guide, src, radius, mi, inv)
+    ab = box_filter(torch.cat([a, b], dim=1), radius)
     return ab[:, :3], ab[:, 3:]
 
 
@@ -169,13 +267,17 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
             ``1/subsample`` size and bilinearly upsampled, then applied to the full-size guide.
 
     Returns:
-        ``[B, 1, H, W]`` filtered ``src`` (not clamped).
+        ``[B, 1, H, W]`` filtered ``src`` (not clamped), in ``guide``'s dtype. The
+        coefficients are solved in float64 (at the reduced size when ``subsample > 1``).
 
     >>> g = torch.rand(1, 3, 16, 16); p = torch.rand(1, 1, 16, 16)
     >>> guided_filter(g, p, 2).shape
     torch.Size([1, 1, 16, 16])
     """
     h, w = guide.shape[-2:]
+    # The coefficients (box means and 3x3 solves) in float64: in float32 a near two-colour
+    # guide gives a few huge finite coefficients that the final box mean spreads into squares.
+    work = torch.promote_types(guide.dtype, solve_dtype(guide.device))
     if subsample > 1.0:
         hs, ws = max(1, round(h / subsample)), max(1, round(w / subsample))
         g_s = F.interpolate(guide, size=(hs, ws), mode="bilinear", align_corners=False,
@@ -183,11 +285,12 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
         p_s = F.interpolate(src, size=(hs, ws), mode="bilinear", align_corners=False,
                             antialias=True)
         r_s = max(1, round(radius / subsample))
-        a, b = guided_filter_coeffs(g_s, p_s, r_s, eps)
-        a = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)
-        b = F.interpolate(b, size=(h, w), mode="bilinear", align_corners=False)
+        a, b = guided_filter_coeffs(g_s.to(work), p_s.to(work), r_s, eps)
+        a = F.interpolate(a.to(guide.dtype), size=(h, w), mode="bilinear", align_corners=False)
+        b = F.interpolate(b.to(guide.dtype), size=(h, w), mode="bilinear", align_corners=False)
     else:
-        a, b = guided_filter_coeffs(guide, src, radius, eps)
+        a, b = guided_filter_coeffs(guide.to(work), src.to(work), radius, eps)
+        a, b = a.to(guide.dtype), b.to(guide.dtype)
     return (a * guide).sum(1, keepdim=True) + b
 
 
@@ -380,14 +483,6 @@ class Tiles:
 
     def __len__(self):
         return int(self.frame.numel())
-
-    def _index(self, inner: bool):
-        k = self.tile if inner else self.tile + 2 * self.halo
-        off = self.halo if inner else 0
-        ar = torch.arange(k, device=self.y.device)
-        rows = self.y[:, None] + off + ar  # in padded coordinates
-        cols = self.x[:, None] + off + ar
-        return self.frame[:, None, None], rows[:, :, None], cols[:, None, :]
 
 
 def band_tiles(band: torch.Tensor, tile: int = 64, halo: int = 0) -> Tiles:

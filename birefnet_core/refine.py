@@ -16,20 +16,18 @@ True
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .filters import (_inv3_sym, band_tiles, box_filter, component_areas,
-                      connected_components, dilate, erode, gather_tiles, gaussian_like_blur,
-                      guided_filter, scatter_tiles)
+from .layout import check_finite, images_to_bchw, masks_to_b1hw
+from .filters import (_colour_moments, _guided_ab, _inv3_sym, _sym6, band_tiles, box_filter,
+                      box_sum_valid, component_areas, connected_components, dilate, erode,
+                      gather_tiles, gaussian_like_blur, guided_filter, scatter_tiles,
+                      solve_dtype)
 
 __all__ = [
-    "check_finite",
-    "as_mask4d",
-    "match_mask_to_image",
     "levels",
     "threshold",
     "grow_shrink",
@@ -38,6 +36,8 @@ __all__ = [
     "remove_islands",
     "edge_band",
     "refine_edges",
+    "tag_working_size",
+    "working_size_of",
     "temporal_smooth",
     "EDGE_MODES",
     "TEMPORAL_MODES",
@@ -48,91 +48,8 @@ TEMPORAL_MODES = ("none", "ema", "median")
 
 
 # --------------------------------------------------------------------------------------------
-# Shape handling and validation
+# Validation (shapes and layouts: birefnet_core.layout)
 # --------------------------------------------------------------------------------------------
-def check_finite(t: torch.Tensor, name: str = "mask") -> torch.Tensor:
-    """Return ``t``, or raise :class:`InputError` naming the first frame that holds NaN or inf.
-
-    One NaN pixel would otherwise spread through every box filter (their running sums) to the
-    whole frame, and a morphology or threshold step would hide it: refuse it at the boundary.
-    Frames are indexed along dim 0 of a tensor with 3 or more dims.
-
-    >>> check_finite(torch.tensor([[[0.0, float("nan")]]]), "mask")
-    Traceback (most recent call last):
-    ...
-    birefnet_core.errors.InputError: mask: frame 0 has 1 NaN and 0 infinite value(s); one would ...
-    """
-    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
-        return t
-    what, part = name, t
-    if t.ndim >= 3:
-        i = int((~torch.isfinite(t)).flatten(1).any(1).nonzero()[0])
-        what, part = f"{name}: frame {i}", t[i]
-    nan, inf = int(torch.isnan(part).sum()), int(torch.isinf(part).sum())
-    raise InputError(
-        f"{what} has {nan} NaN and {inf} infinite value(s); one would spread over the whole "
-        "frame. Fix the step that produced them (e.g. a division by zero), or replace them "
-        "first (torch.nan_to_num).")
-
-
-def as_mask4d(mask: torch.Tensor, name: str = "mask") -> tuple[torch.Tensor, Callable]:
-    """Return ``(mask as [B, 1, H, W] float, function restoring the caller's shape)``.
-
-    >>> m4, back = as_mask4d(torch.zeros(5, 7)); tuple(m4.shape), tuple(back(m4).shape)
-    ((1, 1, 5, 7), (5, 7))
-    """
-    if not isinstance(mask, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(mask).__name__}.")
-    shape = tuple(mask.shape)
-    if mask.ndim == 2:
-        m4 = mask[None, None]
-    elif mask.ndim == 3:
-        m4 = mask[:, None]
-    elif mask.ndim == 4 and mask.shape[1] == 1:
-        m4 = mask
-    else:
-        raise InputError(f"{name}: expected shape [H,W], [B,H,W] or [B,1,H,W], got {list(shape)}. "
-                         "Pass a single-channel mask (convert an image with ImageToMask first).")
-    if not m4.is_floating_point():
-        m4 = m4.float()
-    check_finite(m4, name)
-    return m4, (lambda t: t.reshape(t.shape[0], *shape[1:]) if len(shape) != 2
-                else t.reshape(shape[-2:]))
-
-
-def _guide4d(image: torch.Tensor, name: str = "guide") -> torch.Tensor:
-    """``[B,H,W,C]`` (C 1/3/4) or ``[B,C,H,W]`` (C 1/3) image -> ``[B, 3 or 1, H, W]`` float."""
-    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise InputError(f"{name}: expected an image tensor [B,H,W,C] (ComfyUI IMAGE) or "
-                         f"[B,C,H,W], got {getattr(image, 'shape', type(image).__name__)}.")
-    if image.ndim == 3:
-        image = image[None]
-    if image.shape[-1] in (1, 3, 4) and image.shape[1] not in (1, 3):
-        image = image.permute(0, 3, 1, 2)
-    elif image.shape[1] not in (1, 3):
-        raise InputError(f"{name}: cannot tell the channel axis of shape {list(image.shape)}; "
-                         "expected [B,H,W,3|4] or [B,3,H,W].")
-    image = image[:, :3]
-    return check_finite(image.float() if not image.is_floating_point() else image, name)
-
-
-def match_mask_to_image(mask4: torch.Tensor, size: tuple[int, int], batch: int) -> torch.Tensor:
-    """Resize a ``[B,1,h,w]`` mask bilinearly to ``size`` (H, W) and broadcast a batch of 1.
-
-    >>> match_mask_to_image(torch.ones(1, 1, 4, 4), (8, 6), 3).shape
-    torch.Size([3, 1, 8, 6])
-    """
-    if tuple(mask4.shape[-2:]) != tuple(size):
-        mask4 = F.interpolate(mask4, size=tuple(size), mode="bilinear", align_corners=False)
-    if mask4.shape[0] != batch:
-        if mask4.shape[0] == 1:
-            mask4 = mask4.expand(batch, -1, -1, -1)
-        else:
-            raise InputError(f"mask batch has {mask4.shape[0]} frames but the image batch has "
-                             f"{batch}; pass one mask for all frames or one per frame.")
-    return mask4
-
-
 def _radius(value, name: str) -> int:
     try:
         r = int(round(float(value)))
@@ -179,7 +96,7 @@ def grow_shrink(mask: torch.Tensor, radius: int) -> torch.Tensor:
     (9, 1)
     """
     r = _radius(radius, "grow_shrink radius")
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     if r == 0:
         return mask
     return back(dilate(m4, r) if r > 0 else erode(m4, -r))
@@ -195,7 +112,7 @@ def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
     """
     if not 0 <= radius < math.inf:
         raise InputError(f"feather radius must be a finite number >= 0 px, got {radius}.")
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     # (gaussian_like_blur's box filters clamp their radius to the image: bounded memory.)
     return back(gaussian_like_blur(m4, radius / 2.0).clamp(0, 1))
 
@@ -211,7 +128,7 @@ def fill_holes(mask: torch.Tensor, max_area: int = 0, level: float = 0.5) -> tor
     >>> fill_holes(m).min().item()
     1.0
     """
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     bg = m4[:, 0] < level
     labels = connected_components(bg)
     border = torch.zeros_like(bg)
@@ -235,7 +152,7 @@ def remove_islands(mask: torch.Tensor, min_area: int, level: float = 0.5) -> tor
     """
     if min_area < 0:
         raise InputError(f"remove_islands: min_area must be >= 0 px, got {min_area}.")
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     if min_area <= 1:
         return mask
     fg = m4[:, 0] >= level
@@ -257,7 +174,7 @@ def edge_band(mask: torch.Tensor, width: int, level: float | None = None) -> tor
     """
     if width < 0:
         raise InputError(f"edge_band width must be >= 0 px, got {width}.")
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     if level is not None:
         m4 = threshold(m4, level)
     r = max(1, int(math.ceil(width / 2))) if width > 0 else 0
@@ -290,6 +207,33 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
                          antialias=down)
 
 
+_WORKING_SIZE_ATTR = "birefnet_working_size"
+
+
+def tag_working_size(mask: torch.Tensor, size) -> torch.Tensor:
+    """Record on ``mask`` (in place, returned) the ``(H, W)`` working size it was predicted at.
+
+    The tag is a plain attribute of the tensor object: it travels with the mask from a
+    segmentation to :func:`working_size_of` as long as the same tensor is passed on (a new
+    tensor made from it, e.g. by an inversion or a resize, does not carry it).
+
+    >>> m = tag_working_size(torch.zeros(1, 4, 4), (512, 512)); working_size_of(m)
+    (512, 512)
+    """
+    h, w = (size, size) if isinstance(size, (int, float)) else size
+    setattr(mask, _WORKING_SIZE_ATTR, (int(h), int(w)))
+    return mask
+
+
+def working_size_of(mask: torch.Tensor):
+    """The ``(H, W)`` working size recorded by :func:`tag_working_size`, or ``None``.
+
+    >>> working_size_of(torch.zeros(2, 2)) is None
+    True
+    """
+    return getattr(mask, _WORKING_SIZE_ATTR, None)
+
+
 # Radii (in working-size pixels) of the local colour statistics, finest first.
 _FB_FACTORS = (2, 6)
 # Confident-sample thresholds, covariance ridge, prior variance and prior sharpening of the
@@ -298,12 +242,7 @@ _FB_LO, _FB_HI = 0.1, 0.9
 _FB_EPS = 1e-5
 _PRIOR_VAR = 0.003
 _SHARPEN = 2.0
-
-
-def _sym6(x):
-    """The 6 distinct entries of ``x x^T`` for a ``[N, 3, H, W]`` colour tensor."""
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return torch.cat([r * r, r * g, r * b, g * g, g * b, b * b], 1)
+_SHARPEN_SIGMA = 1.0
 
 
 def _sym_matvec(m, v):
@@ -346,12 +285,14 @@ def _fb_model(means, min_count):
     return bm, fm - bm, cf + cb, (okf & okb).to(fm.dtype)
 
 
-def _sharpen_prior(prior, scale, amount=_SHARPEN):
+def _sharpen_prior(prior, scale, amount=None, sigma=None):
     """Undo part of the resampling blur of a mask upsampled ``scale`` x: an unsharp mask
     (``amount``) at a Gaussian sigma of one working-size pixel, clamped to 0..1."""
+    amount = _SHARPEN if amount is None else amount
+    sigma = _SHARPEN_SIGMA if sigma is None else sigma
     if amount <= 0:
         return prior
-    return (prior + amount * (prior - gaussian_like_blur(prior, scale))).clamp(0, 1)
+    return (prior + amount * (prior - gaussian_like_blur(prior, sigma * scale))).clamp(0, 1)
 
 
 def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
@@ -387,18 +328,16 @@ def _fuse(guide, prior, u, c, prec, prior_var=_PRIOR_VAR):
 def _inner_box_means(x, radii, halo):
     """Box means at several radii of the inner part (``halo`` px trimmed per side) of ``x``.
 
-    ``x`` is ``[N, C, H, W]`` (tile crops, or a padded image). One summed-area table of the
-    centred ``x`` serves every radius; each radius is at most ``halo``, so no window leaves ``x``.
+    ``x`` is ``[N, C, H, W]`` (tile crops, or a padded image); each radius is at most ``halo``,
+    so no window leaves ``x`` and the "valid" box sums (:func:`~.filters.box_sum_valid`) of
+    the part of ``x`` each radius reads are exact.
     """
     h, w = x.shape[-2] - 2 * halo, x.shape[-1] - 2 * halo
-    shift = x.mean(dim=(-2, -1), keepdim=True)
-    sat = F.pad((x - shift).cumsum(-1).cumsum(-2), (1, 0, 1, 0))
     out = []
     for r in radii:
-        lo, hi = halo - r, halo + r + 1
-        cols = sat[..., lo:hi + h, hi:hi + w] - sat[..., lo:hi + h, lo:lo + w]
-        s = cols[..., 2 * r + 1:, :] - cols[..., :h, :]
-        out.append(s.mul_(1.0 / (2 * r + 1) ** 2).add_(shift))
+        k = 2 * r + 1
+        part = x[..., halo - r:halo + r + h, halo - r:halo + r + w]
+        out.append(box_sum_valid(box_sum_valid(part, k, -1), k, -2).mul_(1.0 / (k * k)))
     return out
 
 
@@ -442,13 +381,13 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
         up = _resize(torch.cat([u, c, prec], 1), (h, w))
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
-        blur = _resize(gaussian_like_blur(_resize(prior, ws), 1.0), (h, w))
+        blur = _resize(gaussian_like_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
         sharp = (prior + _SHARPEN * (prior - blur)).clamp(0, 1)
         return _fuse(guide, sharp, up[:, 0:3], up[:, 3:4], up[:, 4:5])
     radii = [max(1, round(k * scale)) for k in factors]
     chans = _fb_channels(guide, prior, lo, hi)
     pad = max(radii)
-    # One summed-area table for all radii (float64: exact enough for a whole image).
+    # Valid box sums for all radii (float64: exact enough for a whole image).
     means = [m.to(chans.dtype) for m in
              _inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
     coeffs = _lda_coeffs(*_fb_model(means, min_count))
@@ -484,25 +423,20 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
 
 
 def _matting_laplacian(guide, radius, eps):
-    """Matrix-free closed-form matting Laplacian: ``L p = p - GF(p)`` (He et al. 2010)."""
-    mean = lambda t: box_filter(t, radius)  # noqa: E731
-    mi = mean(guide)
-    r, g, b = guide[:, 0:1], guide[:, 1:2], guide[:, 2:3]
-    m = mean(torch.cat([r * r, r * g, r * b, g * g, g * b, b * b], 1))
-    mr, mg, mb = mi[:, 0:1], mi[:, 1:2], mi[:, 2:3]
-    i11, i12, i13, i22, i23, i33 = _inv3_sym(
-        m[:, 0:1] - mr * mr + eps, m[:, 1:2] - mr * mg, m[:, 2:3] - mr * mb,
-        m[:, 3:4] - mg * mg + eps, m[:, 4:5] - mg * mb, m[:, 5:6] - mb * mb + eps)
+    """Matrix-free closed-form matting Laplacian: ``L p = p - GF(p)`` (He et al. 2010).
+
+    The guide's moments and inverse covariances are computed once (float64 where the device
+    has it, :func:`~.filters.solve_dtype`); each application is the guided filter's
+    coefficient step (:func:`~.filters._guided_ab`) and its box mean.
+    """
+    work = torch.promote_types(guide.dtype, solve_dtype(guide.device))
+    g = guide.to(work)
+    mi, inv = _colour_moments(g, radius, eps)
 
     def apply(p):
-        mp = mean(p)
-        cov = mean(guide * p) - mi * mp
-        cr, cg, cb = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
-        a = torch.cat([i11 * cr + i12 * cg + i13 * cb, i12 * cr + i22 * cg + i23 * cb,
-                       i13 * cr + i23 * cg + i33 * cb], 1)
-        bb = mp - (a * mi).sum(1, keepdim=True)
-        ab = mean(torch.cat([a, bb], 1))
-        return p - ((ab[:, :3] * guide).sum(1, keepdim=True) + ab[:, 3:])
+        a, b = _guided_ab(g, p.to(work), radius, mi, inv)
+        ab = box_filter(torch.cat([a, b], 1), radius)
+        return p - ((ab[:, :3] * g).sum(1, keepdim=True) + ab[:, 3:]).to(p.dtype)
 
     return apply
 
@@ -573,8 +507,9 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
 
     Args:
         mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, 1 = foreground, already at image size
-            (resize it first with :func:`match_mask_to_image`).
-        guide: the full-resolution image, ``[B,H,W,3|4]`` or ``[B,3,H,W]``, 0..1.
+            (resize it first with :func:`~birefnet_core.layout.fit_masks`).
+        guide: the full-resolution image, an IMAGE ``[B,H,W,C]`` (C = 1, 3 or 4), 0..1 or
+            uint8.
         working_size: the model's input side (int) or ``(H, W)`` the mask was predicted at.
         mode: one of :data:`EDGE_MODES`.
 
@@ -586,8 +521,8 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     """
     if mode not in EDGE_MODES:
         raise InputError(f"refine_edges: mode {mode!r} is not one of {EDGE_MODES}.")
-    m4, back = as_mask4d(mask)
-    g4 = _guide4d(guide).to(device=m4.device, dtype=m4.dtype)
+    m4, back = masks_to_b1hw(mask)
+    g4 = images_to_bchw(guide, "guide", dtype=m4.dtype).to(m4.device)
     h, w = m4.shape[-2:]
     if tuple(g4.shape[-2:]) != (h, w):
         raise InputError(f"refine_edges: guide is {tuple(g4.shape[-2:])} (H, W) but the mask is "
@@ -597,8 +532,6 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
             g4 = g4.expand(m4.shape[0], -1, -1, -1)
         else:
             raise InputError(f"refine_edges: {g4.shape[0]} guide frames for {m4.shape[0]} masks.")
-    if g4.shape[1] == 1:
-        g4 = g4.expand(-1, 3, -1, -1)
     scale = _scale_factor((h, w), working_size)
     if mode == "none" or scale <= 1.0:
         return mask
@@ -691,7 +624,7 @@ def temporal_smooth(mask: torch.Tensor, mode: str = "ema", strength: float = 0.5
         raise InputError(f"temporal_smooth: strength must be in [0, 1), got {strength}.")
     if mode == "median" and (window < 1 or window % 2 == 0):
         raise InputError(f"temporal_smooth: window must be a positive odd number, got {window}.")
-    m4, back = as_mask4d(mask)
+    m4, back = masks_to_b1hw(mask)
     if mode == "none" or m4.shape[0] < 2:
         return mask
     ref = m4 if frames is None else check_finite(frames, "frames")

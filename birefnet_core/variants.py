@@ -70,29 +70,36 @@ class BackboneSpec:
     window_size: int = 0  # swin
     mlp_ratios: tuple[float, float, float, float] = (4.0, 4.0, 4.0, 4.0)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)  # pvt
+    # Peak activation bytes per input pixel of one frame in fp32, decoder included (its width
+    # follows the backbone's). Rough: the CPU peak-RSS growth of a forward between 256² and 512²
+    # inputs (PVT-v2 b0 1.3k, b2 1.5k, Swin-T 1.9k, Swin-L 2.7k bytes/pixel) plus ~30 % for GPU
+    # workspaces; Swin-L at 1024² then comes to ~3.8 GB, in line with the few GB reported for
+    # the official model. Used by birefnet_core.plan.estimate_memory.
+    activation_bytes_per_pixel: int = 3600
 
 
-def _swin(name: str, dim: int, depths, heads, window: int) -> BackboneSpec:
+def _swin(name: str, dim: int, depths, heads, window: int, act_bytes: int) -> BackboneSpec:
     return BackboneSpec(name, "swin", (dim, 2 * dim, 4 * dim, 8 * dim), tuple(depths), tuple(heads),
-                        window_size=window)
+                        window_size=window, activation_bytes_per_pixel=act_bytes)
 
 
-def _pvt(name: str, dims, depths, heads, mlp_ratios) -> BackboneSpec:
+def _pvt(name: str, dims, depths, heads, mlp_ratios, act_bytes: int) -> BackboneSpec:
     return BackboneSpec(name, "pvt", tuple(dims), tuple(depths), tuple(heads),
-                        mlp_ratios=tuple(float(r) for r in mlp_ratios))
+                        mlp_ratios=tuple(float(r) for r in mlp_ratios),
+                        activation_bytes_per_pixel=act_bytes)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in (
-        _swin("swin_v1_t", 96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
-        _swin("swin_v1_s", 96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
-        _swin("swin_v1_b", 128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
-        _swin("swin_v1_l", 192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
-        _pvt("pvt_v2_b0", (32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8), (8, 8, 4, 4)),
-        _pvt("pvt_v2_b1", (64, 128, 320, 512), (2, 2, 2, 2), (1, 2, 5, 8), (8, 8, 4, 4)),
-        _pvt("pvt_v2_b2", (64, 128, 320, 512), (3, 4, 6, 3), (1, 2, 5, 8), (8, 8, 4, 4)),
-        _pvt("pvt_v2_b5", (64, 128, 320, 512), (3, 6, 40, 3), (1, 2, 5, 8), (4, 4, 4, 4)),
+        _swin("swin_v1_t", 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 2400),
+        _swin("swin_v1_s", 96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 2400),
+        _swin("swin_v1_b", 128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 3000),
+        _swin("swin_v1_l", 192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 3600),
+        _pvt("pvt_v2_b0", (32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8), (8, 8, 4, 4), 1700),
+        _pvt("pvt_v2_b1", (64, 128, 320, 512), (2, 2, 2, 2), (1, 2, 5, 8), (8, 8, 4, 4), 2000),
+        _pvt("pvt_v2_b2", (64, 128, 320, 512), (3, 4, 6, 3), (1, 2, 5, 8), (8, 8, 4, 4), 2000),
+        _pvt("pvt_v2_b5", (64, 128, 320, 512), (3, 6, 40, 3), (1, 2, 5, 8), (4, 4, 4, 4), 2400),
     )
 }
 

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..birefnet_core import refine as R
 from ..birefnet_core.errors import InputError
+from ..birefnet_core.layout import fit_masks, masks_to_b1hw
+
+log = logging.getLogger(__name__)
+
+AUTO = -1  # working_size: read the size the mask was predicted at from the mask
+FALLBACK_WORKING_SIZE = 1024  # auto, for a mask that does not carry its working size
 
 MASK_CONVENTION = ("1 = foreground (like core RemoveBackground); ComfyUI's LoadImage masks use "
                    "1 = transparent — invert those first.")
@@ -46,11 +54,14 @@ class BiRefNetRefineMask:
                                "adds closed-form matting steps in the edge band (cleaner "
                                "edges on flat backgrounds, ~1.5x slower); 'none' skips it."}),
                 "working_size": ("INT", {
-                    "default": 1024, "min": 0, "max": 8192, "step": 32,
+                    "default": AUTO, "min": AUTO, "max": 8192, "step": 1,
                     "tooltip": "The size the mask was predicted at (the model's working "
-                               "resolution, e.g. 1024 for BiRefNet, 2048 for HR models). Edge "
-                               "refinement acts only when the image is larger than this; 0 = "
-                               "assume the mask has full detail (no edge refinement)."}),
+                               "resolution). -1 = auto: the size BiRefNet Remove Background "
+                               "used, which travels with its mask (connect that mask directly; "
+                               "a mask made by another node falls back to "
+                               f"{FALLBACK_WORKING_SIZE}). Edge refinement acts only when the "
+                               "image is larger than this; 0 = assume the mask has full detail "
+                               "(no edge refinement)."}),
                 "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                         "tooltip": "If > 0, make the mask binary at this level "
                                                    "(hard edges)."}),
@@ -96,10 +107,11 @@ class BiRefNetRefineMask:
         }
 
     def refine(self, mask, black_point=0.0, white_point=1.0, edge_refine="guided",
-               working_size=1024, threshold=0.0, remove_islands_px=0, fill_holes_px=0,
+               working_size=AUTO, threshold=0.0, remove_islands_px=0, fill_holes_px=0,
                grow_px=0, feather_px=0.0, temporal="none", temporal_strength=0.5,
                temporal_window=3, scene_cut_threshold=0.1, edge_band_width=8, guide=None):
-        m4, _ = R.as_mask4d(mask)
+        size = resolve_working_size(mask, working_size)
+        m4, _ = masks_to_b1hw(mask)
         m4 = m4.float()
         frames = None
         if guide is not None:
@@ -107,7 +119,7 @@ class BiRefNetRefineMask:
             if g.ndim == 3:
                 g = g[None]
             b = max(m4.shape[0], g.shape[0])
-            m4 = R.match_mask_to_image(m4, tuple(g.shape[1:3]), b)
+            m4 = fit_masks(m4, tuple(g.shape[1:3]), b)
             if g.shape[0] != b:
                 if g.shape[0] != 1:
                     raise InputError(f"guide has {g.shape[0]} frames but the mask has "
@@ -117,8 +129,8 @@ class BiRefNetRefineMask:
         m = m4[:, 0]
         if black_point > 0 or white_point < 1:
             m = R.levels(m, black_point, white_point)
-        if guide is not None and edge_refine != "none" and working_size > 0:
-            m = R.refine_edges(m, frames, working_size, edge_refine)
+        if guide is not None and edge_refine != "none" and size is not None:
+            m = R.refine_edges(m, frames, size, edge_refine)
         if threshold > 0:
             m = R.threshold(m, threshold)
         if remove_islands_px > 0:
@@ -137,7 +149,24 @@ class BiRefNetRefineMask:
         return (m, band)
 
 
+def resolve_working_size(mask, working_size: int):
+    """The working size for :func:`refine_edges`: ``(H, W)`` or an int, or ``None`` (0: the
+    mask has full detail). ``AUTO`` reads the size the segmentation recorded on the mask."""
+    if working_size == 0:
+        return None
+    if working_size > 0:
+        return int(working_size)
+    tagged = R.working_size_of(mask)
+    if tagged is None:
+        log.warning("BiRefNet Refine Mask: working_size is auto but the mask does not carry "
+                    "the size it was predicted at (connect BiRefNet Remove Background's mask "
+                    "directly); assuming %d.", FALLBACK_WORKING_SIZE)
+        return FALLBACK_WORKING_SIZE
+    return tagged
+
+
 NODE_CLASS_MAPPINGS = {"BiRefNetRefineMask": BiRefNetRefineMask}
 NODE_DISPLAY_NAME_MAPPINGS = {"BiRefNetRefineMask": "BiRefNet Refine Mask"}
 
-__all__ = ["BiRefNetRefineMask", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["BiRefNetRefineMask", "resolve_working_size", "NODE_CLASS_MAPPINGS",
+           "NODE_DISPLAY_NAME_MAPPINGS"]

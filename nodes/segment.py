@@ -7,14 +7,16 @@ import logging
 import torch
 
 from ..birefnet_core.errors import CancelledError
+from ..birefnet_core.refine import tag_working_size
 from ..birefnet_core.inference import (
+    DEFAULT_REGION_MARGIN,
     DYNAMIC_MAX_MEGAPIXELS,
-    check_images,
-    estimate_memory,
+    _expand_box,
     predict_masks,
-    resolve_precision,
-    resolve_working_size,
+    regions_to_boxes,
 )
+from ..birefnet_core.layout import check_images, join_alpha
+from ..birefnet_core.plan import InferenceOptions, plan_inference
 from . import host
 from .loader import CATEGORY, MODEL_TYPE, BiRefNetModel
 
@@ -44,7 +46,9 @@ class BiRefNetSegment:
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("mask", "rgba")
     OUTPUT_TOOLTIPS = (
-        "Foreground mask [B,H,W], 0..1, same size as the images. " + MASK_CONVENTION,
+        "Foreground mask [B,H,W], 0..1, same size as the images. " + MASK_CONVENTION +
+        " Carries the working size it was predicted at, which Refine Mask's working_size "
+        "'auto' (-1) reads.",
         "The images as RGBA: RGB unchanged, alpha = the mask (straight alpha). Connect to Save "
         "Image for transparent PNGs.",
     )
@@ -98,51 +102,50 @@ class BiRefNetSegment:
         if batch == 0:
             return (torch.zeros(0, height, width, device=out_device),
                     torch.zeros(0, height, width, 4, device=out_device))
-        resolution = None if resolution == "auto" else resolution
-        family = model.info.family
-
         patcher = model.patcher
         device = patcher.load_device
-        precision = (host.auto_precision(device) if model.precision == "auto"
-                     else model.precision)
-        plan = resolve_precision(precision, device)
-        size = resolve_working_size(family, (height, width), override=resolution,
-                                    max_megapixels=max_megapixels)
-        chunk = min(batch_size or 1, batch)
-        # ComfyUI adds the weights itself; ask only for the activations and one chunk's I/O.
-        activations = estimate_memory(patcher.model, size.wh, plan.dtype, chunk,
-                                      include_weights=False)
-        host.load_on_device(patcher, memory_required=activations + _io_bytes(images, chunk))
+        options = InferenceOptions(
+            resolution=None if resolution == "auto" else resolution,
+            precision=(host.auto_precision(device) if model.precision == "auto"
+                       else model.precision),
+            batch_size=batch_size, max_megapixels=max_megapixels)
+        plan = plan_inference(patcher.model, images, options, device, family=model.info.family)
+        # ComfyUI adds the weights itself; the plan's figure is one chunk's activations and I/O.
+        host.load_on_device(patcher, memory_required=plan.memory_required)
 
         update = host.progress(batch)
+        size = plan.working_size
         try:
-            masks = predict_masks(
-                patcher.model, images, family=family, resolution=resolution,
-                precision=precision, device=device, batch_size=batch_size, regions=region,
-                max_megapixels=max_megapixels, on_progress=update,
-                is_cancelled=host.interrupted, on_note=_note, output_device=out_device)
+            masks = predict_masks(patcher.model, images, plan=plan, regions=region,
+                                  on_progress=update, is_cancelled=host.interrupted,
+                                  on_note=_note, output_device=out_device)
         except CancelledError:
             host.raise_interrupt()  # ComfyUI's own exception: reported as interrupted
             raise
-        return masks, compose_rgba(images, masks)
+        # Refine Mask's working_size "auto" reads this: the size flows with the mask instead
+        # of being retyped (a 512 model left at a 1024 widget would get no refinement).
+        tag_working_size(masks, _frame_working_size(size, region, batch, height, width))
+        return masks, join_alpha(images, masks)
+
+
+def _frame_working_size(size, region, batch: int, height: int, width: int):
+    """``(H, W)``: the working size as seen from the whole frame. With a region, each crop is
+    segmented at the working size, so the mask is upsampled by crop / working size; report
+    the frame size divided by the largest such factor (the blurriest frame)."""
+    if region is None:
+        return (size.height, size.width)
+    boxes = regions_to_boxes(region, batch, (height, width))
+    scale = 0.0
+    for box in boxes.tolist():
+        x0, y0, x1, y1 = _expand_box(box, DEFAULT_REGION_MARGIN, width, height)
+        scale = max(scale, (y1 - y0) / size.height, (x1 - x0) / size.width)
+    if scale <= 0:
+        return (size.height, size.width)
+    return (max(1, round(height / scale)), max(1, round(width / scale)))
 
 
 def _note(message: str) -> None:
     log.warning("BiRefNet: %s", message)
-
-
-def _io_bytes(images: torch.Tensor, chunk: int) -> int:
-    """Device bytes of one chunk of input frames and its masks (float32)."""
-    _, height, width, channels = images.shape
-    return chunk * height * width * (channels + 1) * 4
-
-
-def compose_rgba(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``images [B,H,W,C]`` (C = 1, 3 or 4) + ``masks [B,H,W]`` -> RGBA ``[B,H,W,4]`` float32 on
-    the masks' device, straight alpha = mask (an input alpha channel is replaced)."""
-    rgb = images[..., :3] if images.shape[-1] >= 3 else images.expand(*images.shape[:3], 3)
-    rgb = rgb.to(device=masks.device, dtype=torch.float32)
-    return torch.cat((rgb, masks.unsqueeze(-1).to(torch.float32)), dim=-1)
 
 
 NODE_CLASS_MAPPINGS = {"BiRefNetSegment": BiRefNetSegment}

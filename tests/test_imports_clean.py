@@ -39,3 +39,24 @@ def test_loading_the_core_imports_no_forbidden_module():
     result = subprocess.run([sys.executable, "-c", code], cwd=CORE.parent, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_declared_dependency_is_used_by_the_pack():
+    """pyproject's runtime dependencies and requirements.txt name only what the pack's code
+    imports (a dependency nothing imports leaves both)."""
+    import re
+    import tomllib
+
+    repo = CORE.parent
+    import_name = {"pillow": "PIL"}
+    declared = [re.split(r"[<>=\[ ;]", d)[0].lower()
+                for d in tomllib.loads((repo / "pyproject.toml").read_text())["project"][
+                    "dependencies"]]
+    listed = [re.split(r"[<>=\[ ;]", line)[0].lower()
+              for line in (repo / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert sorted(declared) == sorted(listed)
+    used = {m.split(".")[0] for folder in (CORE, repo / "nodes") for p in folder.rglob("*.py")
+            for m in _imported_modules(p)}
+    unused = [d for d in declared if import_name.get(d, d) not in used]
+    assert unused == [], f"declared but never imported: {unused}"

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from birefnet_core import inference
+from birefnet_core import plan as plan_module
 from birefnet_core.errors import CancelledError, InputError, OutOfMemoryError
 from birefnet_core.inference import (
     IMAGENET_MEAN,
@@ -247,7 +248,7 @@ def test_precision_policy_cpu():
 
 @pytest.mark.parametrize("bf16_ok", [True, False])
 def test_precision_policy_cuda(monkeypatch, bf16_ok):
-    monkeypatch.setattr(inference, "_cuda_bf16_supported", lambda device: bf16_ok)
+    monkeypatch.setattr(plan_module, "_cuda_bf16_supported", lambda device: bf16_ok)
     auto = resolve_precision("auto", "cuda")
     assert auto.dtype == torch.float16 and auto.reduced  # closer to fp32 than bf16
     assert resolve_precision("fp16", "cuda:0").dtype == torch.float16
@@ -304,7 +305,7 @@ def test_auto_batch_size_fills_the_free_memory(tiny_model, monkeypatch, device, 
     assert per_frame == estimate_memory(tiny_model, size, plan.dtype, 3,
                                         include_weights=False) // 3 > 0
     free = {}
-    monkeypatch.setattr(inference, "_free_memory", lambda dev: free["bytes"])
+    monkeypatch.setattr(plan_module, "_free_memory", lambda dev: free["bytes"])
 
     def k(free_bytes, total=1000):
         free["bytes"] = free_bytes
@@ -364,7 +365,7 @@ def test_predict_input_errors():
         predict_masks(net, frames(1), batch_size=-1)
     broken = frames(3)
     broken[2, 5, 7, 1] = float("nan")  # would reach the model's deformable convolutions
-    with pytest.raises(InputError, match="frame 2 of 3 contains NaN"):
+    with pytest.raises(InputError, match="images: frame 2 has 1 NaN"):
         predict_masks(net, broken)
 
 
@@ -441,7 +442,7 @@ def test_non_finite_reduced_precision_falls_back_to_fp32(monkeypatch):
     images = frames(6, 32, 32)
     images[::2] -= 1.0  # even frames: negative mean input, fine in "bf16"; odd frames: NaN
     fp32 = predict_masks(StubNet(), images, resolution=(32, 32))
-    monkeypatch.setattr(inference, "resolve_precision",
+    monkeypatch.setattr(plan_module, "resolve_precision",
                         lambda precision, device: PrecisionPlan(torch.bfloat16, "cpu"))
     bf16 = predict_masks(StubNet(), images, resolution=(32, 32))
     assert 0 < (bf16 - fp32).abs().max() <= 0.02  # the stand-in really runs in bf16
@@ -610,5 +611,5 @@ def test_float_images_in_0_255_are_refused_and_uint8_is_scaled():
     as_uint8 = images.mul(255).round().to(torch.uint8)
     assert torch.allclose(predict_masks(net, as_uint8), predict_masks(net, as_uint8.float() / 255))
     images[2] *= 255
-    with pytest.raises(InputError, match=r"frame 2 of 3 .*divide.* by 255"):
+    with pytest.raises(InputError, match=r"images: frame 2 has values up to .*divide.* by 255"):
         predict_masks(net, images)

@@ -367,7 +367,8 @@ def test_auto_precision_follows_the_host_on_cuda(host, monkeypatch):
     assert host_module.auto_precision(cuda) == "fp32"  # e.g. --force-fp32, or Pascal
 
 
-def test_segment_passes_options_to_the_core(host, loaded, monkeypatch):
+def test_segment_passes_one_plan_to_the_core_and_its_memory_to_the_host(host, loaded,
+                                                                         monkeypatch):
     from birefnet_pack.nodes import segment as segment_module
 
     seen = {}
@@ -381,18 +382,17 @@ def test_segment_passes_options_to_the_core(host, loaded, monkeypatch):
     mask, rgba = BiRefNetSegment().segment(loaded, _images(3, 32, 32), "dynamic", 2.0, 2,
                                            region=region)
     assert seen["model"] is loaded.model
-    assert seen["family"] is loaded.info.family
-    assert seen["resolution"] == "dynamic" and seen["max_megapixels"] == 2.0
-    assert seen["batch_size"] == 2 and seen["regions"] is region
-    assert seen["precision"] == "fp32" and seen["device"] == loaded.patcher.load_device
+    plan = seen["plan"]
+    assert plan.family is loaded.info.family
+    assert plan.options.resolution == "dynamic" and plan.options.max_megapixels == 2.0
+    assert plan.chunk == 2 and seen["regions"] is region
+    assert plan.precision.name == "fp32" and plan.device == loaded.patcher.load_device
     assert seen["output_device"] == host.mm.intermediate_device()
     assert seen["is_cancelled"]() is False
     assert float(rgba[..., 3].mean()) == 0.25
     (call,) = host.mm.load_calls
-    assert call["memory_required"] > 0
-    (call,) = host.mm.load_calls
-    assert call["memory_required"] > 0
-
+    assert call["memory_required"] == plan.memory_required > 0
     auto = dataclasses.replace(loaded, precision="auto")
     BiRefNetSegment().segment(auto, _images(1, 32, 32), "auto", 4.19, 0)
-    assert seen["precision"] == "auto"  # on the CPU the core's policy decides (fp32)
+    assert seen["plan"].options.precision == "auto"  # on the CPU the core's policy decides
+    assert seen["plan"].precision.name == "fp32"

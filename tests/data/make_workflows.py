@@ -397,9 +397,9 @@ note(c3, (
     "outside the box. Instead of the two Solid Masks you can paint over the subject in Load "
     "Image's mask editor and connect its MASK (painted = 1) to 'region'.\n\n"
     "Refine Mask with the full-size image as guide then recovers edge detail above the "
-    "working size (set working_size to the model's: 2048 for HR)."), 380)
+    "working size (working_size -1 = auto: the size Segment worked at, read from its mask)."), 380)
 c4 = next_to(c3)
-rf = c4.add("BiRefNetRefineMask", {"working_size": 2048, "fill_holes_px": 0})
+rf = c4.add("BiRefNetRefineMask", {"working_size": -1, "fill_holes_px": 0})
 c5 = next_to(c4)
 cp = c5.add("BiRefNetComposite", grow=GROW)
 sv = c5.add("SaveImage", {"filename_prefix": "birefnet/box"}, size=[300, 290])
