@@ -92,9 +92,19 @@ def _statuses(out: Path) -> dict:
 
 
 def _local(checkpoint, inputs, out, spec):
+    """The local engine with one thread, as the cluster's workers run (OMP_NUM_THREADS=1):
+    the thread count changes how a CPU convolution sums, so the last bits of a mask, which
+    can round an 8-bit value the other way."""
+    import torch
+
     plan = plan_job([str(inputs)], out, spec)
     out.mkdir(parents=True, exist_ok=True)
-    return run_local(plan, spec, checkpoint)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_local(plan, spec, checkpoint)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
