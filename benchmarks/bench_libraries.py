@@ -120,7 +120,11 @@ def main(argv=None) -> int:
         for radius in args.radii:
             for name, (ours, lib, ref) in _cases(size, radius).items():
                 with torch.inference_mode():
-                    reference = ref() if ref is not None else None
+                    try:
+                        reference = ref() if ref is not None else None
+                    except (RuntimeError, MemoryError) as exc:  # kornia's unfold at large r
+                        reference = None
+                        print(f"  {name}: reference failed: {str(exc)[:120]}")
                     margin = 2 * radius + 1
                     err_ours = _interior_error(ours(), reference, margin)
                     try:
