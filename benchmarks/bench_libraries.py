@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_libraries.py                 # 1024² and 2048², 2 threads
     PYTHONPATH=. python benchmarks/bench_libraries.py --sizes 512 --repeats 2 --json out.json
+    PYTHONPATH=. python benchmarks/bench_libraries.py --gaussian 1 2 4 8 16  # its two paths
 
 For each op that a well-kept library also provides (kornia 0.7+, torch), the same input goes
 through both, alternating, and the minimum of ``--repeats`` timings is reported with the ratio
@@ -65,11 +66,14 @@ def _cases(size: int, radius: int):
             lambda: filters.box_mean(mask, k, border="reflect"),
             lambda: kornia.filters.box_blur(mask, (k, k), border_type="reflect"),
             lambda: reference_box(mask)),
-        f"Gaussian-like blur sigma {sigma:g}": (
-            lambda: filters.gaussian_like_blur(mask, sigma),
-            lambda: kornia.filters.gaussian_blur2d(mask, (2 * int(3 * sigma) + 1,) * 2,
+        f"Gaussian blur sigma {sigma:g}": (
+            lambda: filters.gaussian_blur(mask, sigma),
+            lambda: kornia.filters.gaussian_blur2d(mask, (2 * int(3 * sigma + 0.5) + 1,) * 2,
                                                    (sigma, sigma), border_type="replicate"),
-            None),  # different kernels (3 boxes vs a true Gaussian): speed only
+            # the same truncated kernel in float64 (interior: the borders differ by design)
+            lambda: kornia.filters.gaussian_blur2d(mask.double(),
+                                                   (2 * int(3 * sigma + 0.5) + 1,) * 2,
+                                                   (sigma, sigma), border_type="replicate")),
         f"guided filter r={radius} (colour guide)": (
             lambda: filters.guided_filter(guide, mask, radius, 1e-3),
             lambda: kornia.filters.guided_blur(guide, mask, k, 1e-3),
@@ -99,6 +103,36 @@ def _interior_error(out, ref, margin: int) -> float:
     return float((out - ref).abs().max())
 
 
+def gaussian_paths(sizes, sigmas, channels, repeats: int) -> list[dict]:
+    """``gaussian_blur``'s two paths side by side: the separable taps and the three box filters,
+    per sigma: where the taps stop being the faster one sets ``filters.GAUSSIAN_MAX_RADIUS``."""
+    from birefnet_core import filters
+
+    rows = []
+    limit = filters.GAUSSIAN_MAX_RADIUS
+    print("| sigma | radius | size | channels | taps s | three boxes s | boxes/taps |")
+    print("|---|---|---|---|---|---|---|")
+    try:
+        for size in sizes:
+            x = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+            for sigma in sigmas:
+                def path(max_radius):
+                    def run():
+                        filters.GAUSSIAN_MAX_RADIUS = max_radius
+                        filters.gaussian_blur(x, sigma)
+                    return run
+                with torch.inference_mode():
+                    taps, boxes = _time_pair(path(10 ** 9), path(0), repeats, 60.0)
+                radius = int(3 * sigma + 0.5)
+                rows.append(dict(sigma=sigma, radius=radius, size=size, channels=channels,
+                                 taps_s=taps, boxes_s=boxes, ratio=boxes / taps))
+                print(f"| {sigma:g} | {radius} | {size}² | {channels} | {taps:.4f} | "
+                      f"{boxes:.4f} | {boxes / taps:.2f} |", flush=True)
+    finally:
+        filters.GAUSSIAN_MAX_RADIUS = limit
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
@@ -108,8 +142,19 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds after which one run of an op is reported as too slow")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--gaussian", type=float, nargs="*", metavar="SIGMA",
+                        help="instead: the Gaussian blur's convolution vs its box path at "
+                             "these sigmas (default 1 2 4 8 12 16)")
+    parser.add_argument("--channels", type=int, default=1, help="with --gaussian")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.gaussian is not None:
+        rows = gaussian_paths(args.sizes, args.gaussian or [1, 2, 4, 8, 12, 16],
+                              args.channels, args.repeats)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     import kornia
 
     rows = []

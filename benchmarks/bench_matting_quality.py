@@ -19,8 +19,8 @@ import torch
 
 from benchmarks.matting_protocol import (alpha_metrics, band_of, composite_error, degrade,
                                          load_cases)
-from birefnet_core import composite as C
-from birefnet_core import refine as R
+from birefnet_core import edges as E
+from birefnet_core import foreground as FG
 from birefnet_core.filters import guided_filter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,8 @@ def refine_table(cases):
             for bn, bg in bgs.items():
                 img = a * f + (1 - a) * bg
                 for label, fn in (("plain GF", lambda: plain_guided(ad, img, ws)),
-                                  ("guided", lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "guided")),
-                                  ("matting", lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "matting"))):
+                                  ("guided", lambda: E.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "guided")),
+                                  ("matting", lambda: E.refine_edges(ad, img.permute(0, 2, 3, 1), ws, "matting"))):
                     t = time.perf_counter()
                     out = fn()
                     dt = time.perf_counter() - t
@@ -68,9 +68,9 @@ def foreground_table(cases):
         for src, bg in bgs.items():
             img = a * f + (1 - a) * bg
             new = "magenta" if src == "beach" else "beach"
-            e_bf = composite_error(C.blur_fusion_foreground(img, a)[0], f, a, bgs[new], band)
+            e_bf = composite_error(FG.blur_fusion_foreground(img, a)[0], f, a, bgs[new], band)
             e_naive = composite_error(img, f, a, bgs[new], band)
-            e_ml = composite_error(C.estimate_foreground(img, a)[0], f, a, bgs[new], band)
+            e_ml = composite_error(FG.estimate_foreground(img, a)[0], f, a, bgs[new], band)
             print(f"| {name} | {src} -> {new} | {e_naive / e_bf:.2f} | {e_ml / e_bf:.3f} "
                   f"| {e_bf:.2e} |")
 
@@ -84,10 +84,10 @@ def timing_table(repeats=5):
         a_small = (torch.rand(1, 1, ws // 16, ws // 16) > 0.5).float()
         a = torch.nn.functional.interpolate(a_small, size=(side, side), mode="bilinear")
         for label, fn in (
-                ("blur-fusion (integral image)", lambda: C.blur_fusion_foreground(img, a)),
-                ("multilevel foreground", lambda: C.estimate_foreground(img, a)),
-                (f"refine guided (ws {ws})", lambda: R.refine_edges(a, img.permute(0, 2, 3, 1), ws, "guided")),
-                (f"refine matting (ws {ws})", lambda: R.refine_edges(a, img.permute(0, 2, 3, 1), ws, "matting"))):
+                ("blur-fusion (integral image)", lambda: FG.blur_fusion_foreground(img, a)),
+                ("multilevel foreground", lambda: FG.estimate_foreground(img, a)),
+                (f"refine guided (ws {ws})", lambda: E.refine_edges(a, img.permute(0, 2, 3, 1), ws, "guided")),
+                (f"refine matting (ws {ws})", lambda: E.refine_edges(a, img.permute(0, 2, 3, 1), ws, "matting"))):
             best = float("inf")
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -101,12 +101,12 @@ def timing_table(repeats=5):
         t, size=(2048, 2048), mode="bilinear", align_corners=False).clamp(0, 1)
     img2, a2 = up(a * f + (1 - a) * bgs["beach"]), up(a)
     for label, fn in (("refine guided (ws 1024), lemur matte",
-                       lambda: R.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "guided")),
+                       lambda: E.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "guided")),
                       ("refine matting (ws 1024), lemur matte",
-                       lambda: R.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "matting")),
+                       lambda: E.refine_edges(a2, img2.permute(0, 2, 3, 1), 1024, "matting")),
                       ("multilevel foreground, lemur matte",
-                       lambda: C.estimate_foreground(img2, a2)),
-                      ("blur-fusion, lemur matte", lambda: C.blur_fusion_foreground(img2, a2))):
+                       lambda: FG.estimate_foreground(img2, a2)),
+                      ("blur-fusion, lemur matte", lambda: FG.blur_fusion_foreground(img2, a2))):
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()

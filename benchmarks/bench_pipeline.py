@@ -28,8 +28,8 @@ import torch
 
 from benchmarks.matting_protocol import (alpha_metrics, band_of, colour_error, degrade,
                                          pipeline_backgrounds, pipeline_cases)
-from birefnet_core import composite as C
-from birefnet_core import refine as R
+from birefnet_core import edges as E
+from birefnet_core import foreground as FG
 
 REPO = Path(__file__).resolve().parents[1]
 # estimate_foreground before issue 17
@@ -37,11 +37,11 @@ OLD = dict(alpha_error=0.0, alpha_outlier=0.0, local_radii=(4, 2))
 
 
 def _fg(img, a, **kw):
-    return C.estimate_foreground(img, a, **kw)[0]
+    return FG.estimate_foreground(img, a, **kw)[0]
 
 
 def _bf(img, a):
-    return C.blur_fusion_foreground(img, a)[0]
+    return FG.blur_fusion_foreground(img, a)[0]
 
 
 def colour_ratios(img, f, au, a):
@@ -77,7 +77,7 @@ def quality(matting: Path, names=None):
                     base = alpha_metrics(ad, a, band)["sad_band"]
                     ref = {}
                     for mode in ("guided", "matting"):
-                        ref[mode] = R.refine_edges(ad, img.permute(0, 2, 3, 1), ws, mode)
+                        ref[mode] = E.refine_edges(ad, img.permute(0, 2, 3, 1), ws, mode)
                     sad = {m: alpha_metrics(ref[m], a, band)["sad_band"] / base for m in ref}
                     key = "sad_down" if scale > 1 else "sad_up"
                     worst[key] = max(worst[key], sad["guided"])
@@ -112,9 +112,9 @@ def timings(matting: Path, repeats: int):
     print("| op | s |")
     print("|---|---|")
     for label, fn in (("refine `guided` (ws 1024), lemur matte",
-                       lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), 1024)),
+                       lambda: E.refine_edges(ad, img.permute(0, 2, 3, 1), 1024)),
                       ("refine `matting` (ws 1024), lemur matte",
-                       lambda: R.refine_edges(ad, img.permute(0, 2, 3, 1), 1024, "matting")),
+                       lambda: E.refine_edges(ad, img.permute(0, 2, 3, 1), 1024, "matting")),
                       ("estimate_foreground (now)", lambda: _fg(img, ad)),
                       ("estimate_foreground (before: alpha_error 0, outlier 0, radii 4, 2)",
                        lambda: _fg(img, ad, **OLD)),

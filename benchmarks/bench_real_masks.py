@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from matting_protocol import alpha_metrics, band_of, load_cases  # noqa: E402
 
 from birefnet_core.inference import predict_masks  # noqa: E402
-from birefnet_core.refine import refine_edges  # noqa: E402
+from birefnet_core.edges import refine_edges  # noqa: E402
 from birefnet_core.weights import load_model  # noqa: E402
 
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.matting_protocol import degrade, synthetic_portrait
-from birefnet_core import composite as C
+from birefnet_core import edges as E
 from birefnet_core import filters
-from birefnet_core import refine as R
+from birefnet_core import foreground as FG
 
 OUT = Path(__file__).resolve().parent
 
@@ -47,10 +47,10 @@ def green_rim() -> None:
     grey = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
     img = a * f + (1 - a) * green
     ad = degrade(a, 512, 1.0, blur="gaussian")
-    before = C.estimate_foreground(img, ad, alpha_error=0.0, alpha_outlier=0.0,
+    before = FG.estimate_foreground(img, ad, alpha_error=0.0, alpha_outlier=0.0,
                                    local_radii=(4, 2))[0]
-    now = C.estimate_foreground(img, ad)[0]
-    bf = C.blur_fusion_foreground(img, ad)[0]
+    now = FG.estimate_foreground(img, ad)[0]
+    bf = FG.blur_fusion_foreground(img, ad)[0]
     comp = lambda fg, al: al * fg + (1 - al) * grey  # noqa: E731
     # The shoulder: flat blue cloth against the flat green (a hard, smooth edge).
     y, x = int(0.80 * n), int(0.849 * n)
@@ -69,11 +69,11 @@ def square_blocks() -> None:
     g = ((a * hair + (1 - a) * sky) * 255).round() / 255
     small = F.interpolate(a, size=(64, 64), mode="bilinear", antialias=True)
     mask = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    now = R.refine_edges(mask, g, working_size=64)
+    now = E.refine_edges(mask, g, working_size=64)
     keep = filters.solve_dtype
     filters.solve_dtype = lambda device: torch.float32  # the previous float32 solve
     try:
-        before = R.refine_edges(mask, g, working_size=64)
+        before = E.refine_edges(mask, g, working_size=64)
     finally:
         filters.solve_dtype = keep
     diff = (before - now).abs()

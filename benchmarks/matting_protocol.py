@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from birefnet_core.filters import dilate, gaussian_like_blur
+from birefnet_core.filters import dilate, three_box_blur
 
 
 def _load(path: Path, mode: str) -> torch.Tensor:
@@ -89,7 +89,7 @@ def degrade(alpha: torch.Tensor, working_size: int, blur_sigma: float = 1.0,
     small = F.interpolate(alpha, size=(working_size, working_size), mode="bilinear",
                           antialias=True, align_corners=False)
     small = (gaussian_blur(small, blur_sigma) if blur == "gaussian"
-             else gaussian_like_blur(small, blur_sigma))
+             else three_box_blur(small, blur_sigma))
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
@@ -100,7 +100,7 @@ def band_of(alpha: torch.Tensor, radius: int = 4) -> torch.Tensor:
 
 
 def _grad_mag(a: torch.Tensor) -> torch.Tensor:
-    a = gaussian_like_blur(a, 1.0)
+    a = three_box_blur(a, 1.0)
     gx = torch.zeros_like(a)
     gy = torch.zeros_like(a)
     gx[..., :, 1:-1] = (a[..., :, 2:] - a[..., :, :-2]) / 2

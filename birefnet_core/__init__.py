@@ -48,11 +48,11 @@ _LAZY = {
     "postprocess": ".inference",
     "regions_to_boxes": ".inference",
     "download_checkpoint": ".download",
-    "refine_edges": ".refine",
-    "temporal_smooth": ".refine",
+    "refine_edges": ".edges",
+    "temporal_smooth": ".temporal",
     "grow_shrink": ".refine",
     "feather": ".refine",
-    "estimate_foreground": ".composite",
+    "estimate_foreground": ".foreground",
     "parse_hex_color": ".composite",
 }
 

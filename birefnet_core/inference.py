@@ -35,6 +35,7 @@ from torch import nn
 
 from .errors import CancelledError, InputError, OutOfMemoryError
 from .layout import broadcast_batch, check_images, images_to_bchw
+from .refine import tag_working_size
 # The run's decisions live in .plan; re-exported here, where callers have always found them.
 from .plan import (
     DEFAULT_REGION_MARGIN,
@@ -246,6 +247,19 @@ class _Run:
     plan: InferencePlan
     notify: NoteFn
     fell_back: bool = False
+    # The largest crop side / working side seen so far, per axis ``(y, x)``: how much the
+    # blurriest frame's mask was upsampled (whole frames: frame side / working side).
+    upsampled: tuple[float, float] = (0.0, 0.0)
+
+    def _saw(self, crop_hw: Sequence[int], size: WorkingSize) -> None:
+        self.upsampled = (max(self.upsampled[0], crop_hw[0] / size.height),
+                          max(self.upsampled[1], crop_hw[1] / size.width))
+
+    def frame_working_size(self, frame_hw: Sequence[int]) -> tuple[int, int]:
+        """``(H, W)``: the working size as seen from the whole frame, for the blurriest frame
+        (a crop segmented at the working size is upsampled by crop / working size only)."""
+        return tuple(max(1, round(side / scale)) if scale > 0 else side
+                     for side, scale in zip(frame_hw, self.upsampled))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Model logits ``[n, 1, h, w]`` in float32; frames that came out non-finite in reduced
@@ -274,11 +288,14 @@ class _Run:
         whole = bool((boxes == full).all())
         if whole:
             size = plan.working_size
+            self._saw((height, width), size)
             return postprocess(self.logits(preprocess(frames, size.wh)), (height, width))
         masks = torch.zeros(n, height, width, device=plan.device)
         crops = [_expand_box(b.tolist(), plan.options.region_margin, width, height)
                  for b in boxes]
         sizes = [plan.working_size_for((c[3] - c[1], c[2] - c[0])) for c in crops]
+        for c, size in zip(crops, sizes):
+            self._saw((c[3] - c[1], c[2] - c[0]), size)
         for size in dict.fromkeys(s.wh for s in sizes):  # frames sharing a size share a batch
             idx = [i for i, s in enumerate(sizes) if s.wh == size]
             x = torch.cat([preprocess(frames[i:i + 1, crops[i][1]:crops[i][3],
@@ -340,6 +357,10 @@ def predict_masks(
             host does, to free the plan's memory first); it then replaces ``family``,
             ``resolution``, ``precision``, ``device``, ``batch_size``, ``region_margin``,
             ``max_megapixels`` and ``min_side``, which must be left at their defaults.
+
+    The masks carry the working size they were predicted at, as seen from the whole frame
+    (:func:`~birefnet_core.refine.working_size_of`; with regions, the crop of the most upsampled
+    frame decides it): edge refinement reads it to know how blurred the masks are.
 
     Output does not depend on ``batch_size`` (to float rounding). Raises :class:`InputError` on
     bad inputs and :class:`OutOfMemoryError` when a single frame does not fit.
@@ -409,4 +430,6 @@ def predict_masks(
         done += n
         if on_progress is not None:
             on_progress(done, total)
-    return out
+    # Refine Mask's working size "auto" reads this: the size flows with the masks instead of
+    # being retyped (a 512 model refined as if it were 1024 would get no edge refinement).
+    return tag_working_size(out, run.frame_working_size((height, width)))

@@ -180,3 +180,14 @@ def join_alpha(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     rgb = images_to_bchw(images, dtype=torch.float32).permute(0, 2, 3, 1)
     rgb = rgb.to(masks.device)
     return torch.cat((rgb, masks.unsqueeze(-1).to(torch.float32)), dim=-1)
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """``[N, C, h, w]`` resized bilinearly to ``size`` (H, W), antialiased when shrinking
+    (``align_corners=False``); ``x`` itself when it has that size. The ops' internal resize
+    (:mod:`.edges`, :mod:`.foreground`, :mod:`.composite`)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=down)

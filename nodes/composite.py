@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..birefnet_core import composite as C
+from ..birefnet_core import composite as C, foreground as FG
 
 
 class BiRefNetComposite:
@@ -45,7 +45,7 @@ class BiRefNetComposite:
                     "tooltip": "How a background image of another size is fitted: stretch, "
                                "cover (fill and crop), contain (fit inside, transparent "
                                "borders), center (unscaled)."}),
-                "foreground_estimation": (list(C.FOREGROUND_METHODS), {
+                "foreground_estimation": (list(FG.FOREGROUND_METHODS), {
                     "default": "multilevel",
                     "tooltip": "Recover clean foreground colours at soft edges (removes halos): "
                                "multilevel (best; allows for the mask's own edge errors, so "

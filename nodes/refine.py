@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..birefnet_core import refine as R
+from ..birefnet_core import edges as E, refine as R, temporal as T
 from ..birefnet_core.errors import InputError
 from ..birefnet_core.layout import fit_masks, masks_to_b1hw
 
@@ -47,7 +47,7 @@ class BiRefNetRefineMask:
                 "white_point": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                           "tooltip": "Levels: mask values at or above this "
                                                      "become 1."}),
-                "edge_refine": (list(R.EDGE_MODES), {
+                "edge_refine": (list(E.EDGE_MODES), {
                     "default": "guided",
                     "tooltip": "Edge refinement from the guide image (needs a guide): 'guided' "
                                "is fast (local colour model + fast guided filter); 'matting' "
@@ -78,7 +78,7 @@ class BiRefNetRefineMask:
                 "feather_px": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 512.0, "step": 0.5,
                                          "tooltip": "Soften the edges over about this many "
                                                     "pixels."}),
-                "temporal": (list(R.TEMPORAL_MODES), {
+                "temporal": (list(T.TEMPORAL_MODES), {
                     "default": "none",
                     "tooltip": "Video: smooth the mask across the batch ('ema' exponential "
                                "moving average, forward and backward; 'median' windowed median). "
@@ -130,7 +130,7 @@ class BiRefNetRefineMask:
         if black_point > 0 or white_point < 1:
             m = R.levels(m, black_point, white_point)
         if guide is not None and edge_refine != "none" and size is not None:
-            m = R.refine_edges(m, frames, size, edge_refine)
+            m = E.refine_edges(m, frames, size, edge_refine)
         if threshold > 0:
             m = R.threshold(m, threshold)
         if remove_islands_px > 0:
@@ -142,7 +142,7 @@ class BiRefNetRefineMask:
         if feather_px > 0:
             m = R.feather(m, feather_px)
         if temporal != "none":
-            m = R.temporal_smooth(m, temporal, temporal_strength, temporal_window,
+            m = T.temporal_smooth(m, temporal, temporal_strength, temporal_window,
                                   scene_cut_threshold, frames=frames)
         m = m.clamp(0, 1).contiguous()
         band = R.edge_band(m, edge_band_width, level=0.5)

@@ -7,14 +7,7 @@ import logging
 import torch
 
 from ..birefnet_core.errors import CancelledError
-from ..birefnet_core.refine import tag_working_size
-from ..birefnet_core.inference import (
-    DEFAULT_REGION_MARGIN,
-    DYNAMIC_MAX_MEGAPIXELS,
-    _expand_box,
-    predict_masks,
-    regions_to_boxes,
-)
+from ..birefnet_core.inference import DYNAMIC_MAX_MEGAPIXELS, predict_masks
 from ..birefnet_core.layout import check_images, join_alpha
 from ..birefnet_core.plan import InferenceOptions, plan_inference
 from . import host
@@ -113,35 +106,14 @@ class BiRefNetSegment:
         # ComfyUI adds the weights itself; the plan's figure is one chunk's activations and I/O.
         host.load_on_device(patcher, memory_required=plan.memory_required)
 
-        update = host.progress(batch)
-        size = plan.working_size
-        try:
+        try:  # the masks carry their working size, which Refine Mask's "auto" reads
             masks = predict_masks(patcher.model, images, plan=plan, regions=region,
-                                  on_progress=update, is_cancelled=host.interrupted,
+                                  on_progress=host.progress(batch), is_cancelled=host.interrupted,
                                   on_note=_note, output_device=out_device)
         except CancelledError:
             host.raise_interrupt()  # ComfyUI's own exception: reported as interrupted
             raise
-        # Refine Mask's working_size "auto" reads this: the size flows with the mask instead
-        # of being retyped (a 512 model left at a 1024 widget would get no refinement).
-        tag_working_size(masks, _frame_working_size(size, region, batch, height, width))
         return masks, join_alpha(images, masks)
-
-
-def _frame_working_size(size, region, batch: int, height: int, width: int):
-    """``(H, W)``: the working size as seen from the whole frame. With a region, each crop is
-    segmented at the working size, so the mask is upsampled by crop / working size; report
-    the frame size divided by the largest such factor (the blurriest frame)."""
-    if region is None:
-        return (size.height, size.width)
-    boxes = regions_to_boxes(region, batch, (height, width))
-    scale = 0.0
-    for box in boxes.tolist():
-        x0, y0, x1, y1 = _expand_box(box, DEFAULT_REGION_MARGIN, width, height)
-        scale = max(scale, (y1 - y0) / size.height, (x1 - x0) / size.width)
-    if scale <= 0:
-        return (size.height, size.width)
-    return (max(1, round(height / scale)), max(1, round(width / scale)))
 
 
 def _note(message: str) -> None:

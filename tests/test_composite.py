@@ -1,4 +1,5 @@
-"""``birefnet_core.composite``: shapes, conventions, errors, references and the quality target."""
+"""``birefnet_core.composite`` / ``foreground``: shapes, conventions, errors, references and the
+quality target."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from birefnet_core import composite as C
+from birefnet_core import composite as C, foreground as FG
 from birefnet_core.errors import InputError
 from memory_probe import peak_growth
 
@@ -140,7 +141,7 @@ def test_non_finite_mask_image_or_background_is_refused_naming_the_frame():
     a = mask[:, None].clone()
     a[1, 0, 3, 3] = float("-inf")
     with pytest.raises(InputError, match=r"alpha: frame 1 has 0 NaN and 1 infinite"):
-        C.estimate_foreground(img.permute(0, 3, 1, 2), a)
+        FG.estimate_foreground(img.permute(0, 3, 1, 2), a)
 
 
 def test_estimate_foreground_consistent_and_despill():
@@ -151,26 +152,26 @@ def test_estimate_foreground_consistent_and_despill():
     img = a * fg_true + (1 - a) * bg_true
     mid = a[0, 0, 0] > 0.2
     for method, tol in (("multilevel", 0.05), ("blur_fusion", 0.25)):  # the reference is rougher
-        fg, bg = C.estimate_foreground(img, a, method=method)
+        fg, bg = FG.estimate_foreground(img, a, method=method)
         assert (fg - fg_true)[..., mid].abs().max() < tol, method
     # Multilevel ends with least-squares updates that explain the image: each leaves
     # e * noise / (a^2 vF + (1-a)^2 vB + noise) of the residual e (noise 1e-5; here the local
     # variances make that < 1 %), so the composite is reproduced far below 8-bit precision
     # (measured 3e-5).
-    fg, bg = C.estimate_foreground(img, a, method="multilevel")
+    fg, bg = FG.estimate_foreground(img, a, method="multilevel")
     assert (a * fg + (1 - a) * bg - img).abs().max() < 1e-3
     # Blur fusion does not reproduce the image (its B is a blur); it is checked against an
     # independent float64 implementation of the published two-pass formula instead.
-    fg, bg = C.estimate_foreground(img, a, method="blur_fusion")
+    fg, bg = FG.estimate_foreground(img, a, method="blur_fusion")
     ref_fg, ref_bg = _blur_fusion_reference(img.double(), a.double())
     assert torch.allclose(fg.double(), ref_fg, atol=1e-5)
     assert torch.allclose(bg.double(), ref_bg, atol=1e-5)
     spilled = img.clone()
-    out = C.despill(spilled, a, bg_true, 1.0)
+    out = FG.despill(spilled, a, bg_true, 1.0)
     assert (out[:, 1] - out[:, [0, 2]].mean(1)).max() <= \
         (spilled[:, 1] - spilled[:, [0, 2]].mean(1)).max()
     with pytest.raises(InputError, match="method"):
-        C.estimate_foreground(img, a, method="magic")
+        FG.estimate_foreground(img, a, method="magic")
 
 
 def _blur_fusion_reference(image, alpha, windows=(90, 6)):
@@ -203,11 +204,11 @@ def test_blur_fusion_uses_the_published_window_widths():
     torch.manual_seed(1)
     img = torch.rand(1, 3, 130, 150, dtype=torch.float64)
     a = torch.rand(1, 1, 130, 150, dtype=torch.float64) ** 3
-    fg, bg = C.blur_fusion_foreground(img.float(), a.float())
+    fg, bg = FG.blur_fusion_foreground(img.float(), a.float())
     ref_fg, ref_bg = _blur_fusion_reference(img, a)
     assert torch.allclose(fg.double(), ref_fg, atol=2e-5)
     assert torch.allclose(bg.double(), ref_bg, atol=2e-5)
-    wide_fg, _ = C.blur_fusion_foreground(img.float(), a.float(), windows=(181, 13))
+    wide_fg, _ = FG.blur_fusion_foreground(img.float(), a.float(), windows=(181, 13))
     assert not torch.allclose(wide_fg.double(), ref_fg, atol=1e-2)
 
 
@@ -221,8 +222,8 @@ def test_foreground_quality_small(matting_dir):
         for src, bg in bgs.items():
             img = a * f + (1 - a) * bg
             new_bg = bgs["magenta" if src == "beach" else "beach"]
-            ref = C.blur_fusion_foreground(img, a)[0]
-            est = C.estimate_foreground(img, a)[0]
+            ref = FG.blur_fusion_foreground(img, a)[0]
+            est = FG.estimate_foreground(img, a)[0]
             e_ref = composite_error(ref, f, a, new_bg, band)
             e_est = composite_error(est, f, a, new_bg, band)
             assert e_est <= 0.5 * e_ref, (name, src, e_est / e_ref)
@@ -255,7 +256,7 @@ def test_local_passes_valid_windows_match_clipped_reference(radii):
     x = torch.rand(3, 10, 40, 40, dtype=torch.float64)
     x[:, 3:4] = 0.05 + 0.9 * x[:, 3:4]  # every window has weight on both sides
     args = (x[:, 0:3], x[:, 3:4], x[:, 4:7], x[:, 7:10], radii, 1e-5)
-    fg, bg = C._local_fb_passes(*args)
+    fg, bg = FG._local_fb_passes(*args)
     hl = sum(radii)
     ref_f, ref_b = _clipped_local_passes(*args)
     assert fg.shape == (3, 3, 40 - 2 * hl, 40 - 2 * hl)
@@ -269,7 +270,7 @@ def test_chunked_upsample_and_correct_matches_full_size_formula(size):
     H, W = size
     image, alpha = torch.rand(2, 3, H, W), torch.rand(2, 1, H, W)
     fg_s, bg_s = torch.rand(2, 3, 9, 7), torch.rand(2, 3, 9, 7)
-    fg, bg = C._upsample_and_correct(image, alpha, fg_s, bg_s, 0.05, chunk_pixels=300)
+    fg, bg = FG._upsample_and_correct(image, alpha, fg_s, bg_s, 0.05, chunk_pixels=300)
     up = lambda t: torch.nn.functional.interpolate(t, size=size, mode="bilinear",  # noqa: E731
                                                    align_corners=False)
     f, b = up(fg_s), up(bg_s)
@@ -287,12 +288,12 @@ def test_estimate_foreground_batch_and_memory_layout():
     dist = ((yy - H / 2) ** 2 + (xx - W / 2) ** 2).sqrt()
     a = torch.stack([((r - dist) / 3).clamp(0, 1) for r in (90, 120)])[:, None]
     img = torch.rand(2, 3, H, W)
-    fg, bg = C.estimate_foreground(img, a)
+    fg, bg = FG.estimate_foreground(img, a)
     for i in range(2):
-        f1, b1 = C.estimate_foreground(img[i:i + 1], a[i:i + 1])
+        f1, b1 = FG.estimate_foreground(img[i:i + 1], a[i:i + 1])
         assert torch.allclose(fg[i:i + 1], f1, atol=1e-6) and torch.allclose(bg[i:i + 1], b1,
                                                                              atol=1e-6)
-    f_cl, b_cl = C.estimate_foreground(img.contiguous(memory_format=torch.channels_last), a)
+    f_cl, b_cl = FG.estimate_foreground(img.contiguous(memory_format=torch.channels_last), a)
     assert torch.allclose(fg, f_cl, atol=1e-6) and torch.allclose(bg, b_cl, atol=1e-6)
 
 
@@ -334,10 +335,10 @@ def test_foreground_over_green_with_a_segmenter_mask(sigma):
     from benchmarks.matting_protocol import colour_error
 
     img, f, a, ad = _hard_edge_over_green(256, 64, sigma)
-    est = C.estimate_foreground(img, ad)[0]
-    old = C.estimate_foreground(img, ad, alpha_error=0.0, alpha_outlier=0.0,
+    est = FG.estimate_foreground(img, ad)[0]
+    old = FG.estimate_foreground(img, ad, alpha_error=0.0, alpha_outlier=0.0,
                                 local_radii=(4, 2))[0]
-    bf = C.blur_fusion_foreground(img, ad)[0]
+    bf = FG.blur_fusion_foreground(img, ad)[0]
     e_est, e_old, e_bf = (colour_error(x, f, ad, a) for x in (est, old, bf))
     assert e_old > 1.4 * e_bf  # the issue's finding, reproduced
     assert e_est < 0.8 * e_old, (e_est, e_old)
@@ -355,7 +356,7 @@ def test_alpha_error_term_matches_a_float64_least_squares_reference():
     fg = torch.rand(1, 3, k, k, dtype=torch.float64)
     bg = torch.rand(1, 3, k, k, dtype=torch.float64)
     va, noise = 0.01, 1e-5
-    got_f, got_b = C._local_fb_passes(image, alpha, fg, bg, (r,), noise, va)
+    got_f, got_b = FG._local_fb_passes(image, alpha, fg, bg, (r,), noise, va)
     # Reference: window means by explicit loops, S = s I + va d d^T inverted with linalg.
     c = 2 * r + 1
     for y in range(r, k - r):

@@ -17,8 +17,10 @@ MODULES = ["birefnet_core"] + sorted(
 
 
 def test_every_module_is_found():
-    assert {"birefnet_core.refine", "birefnet_core.filters", "birefnet_core.composite",
-            "birefnet_core.inference", "birefnet_core.model.swin"} <= set(MODULES)
+    assert {"birefnet_core.refine", "birefnet_core.edges", "birefnet_core.matting",
+            "birefnet_core.temporal", "birefnet_core.filters", "birefnet_core.foreground",
+            "birefnet_core.composite", "birefnet_core.inference",
+            "birefnet_core.model.swin"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -559,6 +559,26 @@ def test_region_masks_and_empty_region():
     assert (masks[1] - whole[0]).abs().max() <= 1e-6  # all-zero region = whole frame
 
 
+def test_masks_carry_the_working_size_seen_from_the_frame():
+    """Refine Mask's "auto" reads this tag: whole frames carry the working size; with regions,
+    the frame size divided by the largest crop / working ratio of any frame, per axis."""
+    from birefnet_core.refine import working_size_of
+
+    images = frames(2, 96, 128)
+    assert working_size_of(predict_masks(StubNet(), images, resolution=(64, 32))) == (32, 64)
+    # Boxes grown by 10 % a side: frame 0 -> crop 40x60 (HxW) from a 32x50 box, frame 1 ->
+    # crop 24x24 from 20x20. At a 32x32 working size, frame 0's crop is upsampled 1.25x
+    # (rows) and 1.875x (columns): as seen from the 96x128 frame, 96/1.25 x 128/1.875.
+    boxes = torch.tensor([[10, 4, 60, 36], [60, 40, 80, 60]])
+    masks = predict_masks(StubNet(), images, resolution=(32, 32), regions=boxes)
+    assert working_size_of(masks) == (77, 68)
+    # Dynamic: each crop gets its own working size (multiples of 32, at least 32): 40x60 ->
+    # 32x64 (rows 1.25x, columns 0.94x); 24x24 -> 32x32 (0.75x). The frame's rows decide.
+    masks = predict_masks(StubNet(), images, family=FAMILIES["dynamic"], regions=boxes,
+                          min_side=32)
+    assert working_size_of(masks) == (77, 137)
+
+
 def test_dynamic_regions_are_chunk_size_invariant():
     images = frames(4, 96, 128)
     boxes = torch.tensor([[0, 0, 64, 64], [10, 10, 120, 90], [0, 0, 0, 0], [30, 5, 70, 95]])

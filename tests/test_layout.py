@@ -104,7 +104,7 @@ def test_composite_takes_the_grey_images_segment_takes():
 
 def test_refine_edges_takes_a_three_pixel_high_image():
     """Was: a [B, 3, W, 3] guide was taken for channels-first and refused."""
-    from birefnet_core.refine import refine_edges
+    from birefnet_core.edges import refine_edges
 
     mask = torch.rand(1, 3, 40)
     guide = torch.rand(1, 3, 40, 3)

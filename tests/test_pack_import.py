@@ -74,7 +74,9 @@ print(json.dumps(dict(attempts=attempts, built=built, new=new,
         f"importing the pack imported {sorted(set(outside) - ALLOWED_NEW_MODULES)}; "
         "import them lazily where they are used")
     own = [m for m in report["new"] if m.startswith(prefix)]
-    assert len(own) <= 20, own  # the pack's own modules: nodes/*, the core minus the model
+    # The pack's own modules: nodes/*, the core minus the model (22 since issue 17 split the
+    # mask and colour ops into one module per algorithm).
+    assert len(own) <= 24, own
     assert not any(m.startswith("birefnet_pack.birefnet_core.model") or
                    m == "birefnet_pack.birefnet_core.weights" for m in report["new"])
     assert "BiRefNetSegment" in report["ids"] and "BiRefNetModelLoader" in report["ids"]

@@ -22,6 +22,7 @@ from pack import load_pack  # noqa: E402
 
 PACK = load_pack()
 from birefnet_pack.birefnet_core import refine as R  # noqa: E402
+from birefnet_pack.birefnet_core.edges import refine_edges  # noqa: E402
 from birefnet_pack.nodes.loader import BiRefNetModelLoader  # noqa: E402
 from birefnet_pack.nodes.refine import BiRefNetRefineMask  # noqa: E402
 from birefnet_pack.nodes.segment import BiRefNetSegment  # noqa: E402
@@ -62,13 +63,13 @@ def test_segment_mask_carries_its_working_size(loaded):
     img, _ = _scene()
     mask, _ = BiRefNetSegment().segment(loaded, img, "64x64", 4.19, 0)
     assert R.working_size_of(mask) == (64, 64)
-    # With a region, the crop is what was squashed to 64x64: the frame-equivalent size is
-    # larger (less upsampling than the whole frame would have had).
+    # With a region, the crop is what was squashed to 64x64: the 48x64 box grown by 10 % a
+    # side (5 and 7 px) is 58x78, upsampled 58/64 and 78/64 times, which from the 96x128
+    # frame is a 106x105 working size (less upsampling than the whole frame would have had).
     region = torch.zeros(1, 96, 128)
     region[:, 24:72, 32:96] = 1
     mask, _ = BiRefNetSegment().segment(loaded, img, "64x64", 4.19, 0, region=region)
-    wh = R.working_size_of(mask)
-    assert wh[0] > 64 and wh[1] > 64
+    assert R.working_size_of(mask) == (106, 105)
 
 
 def test_refine_auto_uses_the_segment_working_size(loaded):
@@ -84,8 +85,8 @@ def test_refine_auto_uses_the_segment_working_size(loaded):
     assert torch.equal(typed_big, mask)
     assert not torch.equal(auto, mask)
     torch.testing.assert_close(auto, typed_right)
-    # The mask is reproduced exactly as R.refine_edges computes it with the recorded size.
-    ref = R.refine_edges(mask, img, (64, 64), "guided")
+    # The mask is reproduced exactly as refine_edges computes it with the recorded size.
+    ref = refine_edges(mask, img, (64, 64), "guided")
     torch.testing.assert_close(auto, ref.clamp(0, 1))
 
 

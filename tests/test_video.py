@@ -141,7 +141,7 @@ def test_video_is_decoded_in_chunks_bounded_in_bytes(clip):
 
 @pytest.mark.parametrize("mode", ["median", "ema"])
 def test_smoothing_across_chunk_borders_matches_smoothing_the_whole_video(clip, mode):
-    from birefnet_core.refine import temporal_smooth
+    from birefnet_core.temporal import temporal_smooth
 
     def segmenter(images):  # a deterministic stand-in for the model: a flickering mask
         flicker = torch.tensor([0.3 * ((i * 7) % 3) for i in range(images.shape[0])])

@@ -261,7 +261,7 @@ class ChunkSmoother:
         self.pending = None  # (images, raw masks) not emitted yet
 
     def _smooth(self, images, masks, emit_from: int, emit_to: int):
-        from ..refine import temporal_smooth
+        from ..temporal import temporal_smooth
 
         spec = self.spec
         smoothed = temporal_smooth(masks, spec.smooth, strength=spec.smooth_strength,

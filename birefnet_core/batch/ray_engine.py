@@ -393,7 +393,7 @@ class _Write:
         images = torch.from_numpy(np.array(frames)).float().div_(255.0)  # (a writable copy)
         masks = torch.from_numpy(np.array(masks, dtype=np.float32))
         if job["kind"] == "video" and spec.smooth != "none" and images.shape[0] > 1:
-            from ..refine import temporal_smooth
+            from ..temporal import temporal_smooth
 
             masks = temporal_smooth(masks, spec.smooth, strength=spec.smooth_strength,
                                     window=spec.smooth_window, cut_threshold=spec.cut_threshold,

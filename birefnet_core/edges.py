@@ -1,0 +1,298 @@
+"""Edge refinement: recover the edge detail a mask lost when it was upsampled from the model's
+working size, from the full-resolution image.
+
+:func:`refine_edges` changes only the uncertain band: there a local colour model (a
+Fisher-discriminant projection between the nearest confident foreground and background colour
+distributions, at several radii) is fused with the mask sharpened against its resampling blur,
+smoothed by a fast guided filter and, in ``"matting"`` mode, refined by closed-form matting
+(:mod:`.matting`).
+
+Conventions: masks ``[H, W]``, ``[B, H, W]`` (ComfyUI MASK) or ``[B, 1, H, W]``, 0..1,
+**1 = foreground**, returned in the shape passed in; guide images are IMAGE ``[B, H, W, C]``,
+0..1 or uint8, straight alpha (a 4th channel is ignored); batched on the mask's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, box_sum_valid, dilate,
+                      gather_tiles, gaussian_blur, guided_filter, scatter_tiles)
+from .layout import _resize, images_to_bchw, masks_to_b1hw
+from .matting import _band_matting, _tile_budget
+
+__all__ = [
+    "refine_edges",
+    "EDGE_MODES",
+]
+
+EDGE_MODES = ("none", "guided", "matting")
+
+
+def _scale_factor(size: tuple[int, int], working_size) -> float:
+    """How much the mask was upsampled: image side / working side (the larger axis ratio)."""
+    if working_size is None:
+        return 1.0
+    if isinstance(working_size, (int, float)):
+        wh = ww = float(working_size)
+    else:
+        wh, ww = (float(v) for v in working_size)
+    if not (0 < wh < math.inf and 0 < ww < math.inf):
+        raise InputError(f"working_size must be positive and finite, got {working_size!r}.")
+    return max(size[0] / wh, size[1] / ww)
+
+
+# Radii (in working-size pixels) of the local colour statistics, finest first.
+_FB_FACTORS = (2, 6)
+# Confident-sample thresholds, covariance ridge, prior variance and prior sharpening of the
+# colour model (sweeps in benchmarks/RESULTS_refine.md).
+_FB_LO, _FB_HI = 0.1, 0.9
+_FB_EPS = 1e-5
+_PRIOR_VAR = 0.003
+_SHARPEN = 2.0
+_SHARPEN_SIGMA = 1.0
+
+
+def _sym_matvec(m, v):
+    """``M v`` for symmetric 3x3 ``M`` given as its 6 entries (a tuple of ``[N,1,H,W]``)."""
+    m11, m12, m13, m22, m23, m33 = m
+    x, y, z = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    return torch.cat([m11 * x + m12 * y + m13 * z, m12 * x + m22 * y + m23 * z,
+                      m13 * x + m23 * y + m33 * z], 1)
+
+
+def _fb_channels(guide, prior, lo, hi):
+    """The 20 channels whose local means give the F / B colour means and covariances."""
+    wf = (prior > hi).to(guide.dtype)
+    wb = (prior < lo).to(guide.dtype)
+    g6 = _sym6(guide)
+    return torch.cat([wf * guide, wf * g6, wf, wb * guide, wb * g6, wb], 1)
+
+
+def _fb_model(means, min_count):
+    """``(B mean, F - B, F and B covariance sum (6 entries), ok)`` from channel means at
+    several radii.
+
+    Foreground and background statistics are each taken from the first (finest) radius where
+    that side covers at least ``min_count`` of the window; ``ok`` is 0 where a side has no
+    samples at any radius.
+    """
+    fm = bm = cf = cb = okf = okb = None
+    for s in means:
+        nf, nb = s[:, 9:10].clamp(min=1e-6), s[:, 19:20].clamp(min=1e-6)
+        f_k, b_k = s[:, 0:3] / nf, s[:, 10:13] / nb
+        cf_k = s[:, 3:9] / nf - _sym6(f_k)
+        cb_k = s[:, 13:19] / nb - _sym6(b_k)
+        okf_k, okb_k = nf > min_count, nb > min_count
+        if fm is None:
+            fm, cf, okf, bm, cb, okb = f_k, cf_k, okf_k, b_k, cb_k, okb_k
+            continue
+        tf, tb = okf_k & ~okf, okb_k & ~okb  # the first radius where this side has samples
+        fm, cf, okf = torch.where(tf, f_k, fm), torch.where(tf, cf_k, cf), okf | okf_k
+        bm, cb, okb = torch.where(tb, b_k, bm), torch.where(tb, cb_k, cb), okb | okb_k
+    return bm, fm - bm, cf + cb, (okf & okb).to(fm.dtype)
+
+
+def _sharpen_prior(prior, scale, amount=None, sigma=None):
+    """Undo part of the resampling blur of a mask upsampled ``scale`` x: an unsharp mask
+    (``amount``) at a Gaussian sigma of one working-size pixel, clamped to 0..1."""
+    amount = _SHARPEN if amount is None else amount
+    sigma = _SHARPEN_SIGMA if sigma is None else sigma
+    if amount <= 0:
+        return prior
+    return (prior + amount * (prior - gaussian_blur(prior, sigma * scale))).clamp(0, 1)
+
+
+def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
+    """Fisher-discriminant alpha as a linear function of the colour: ``(u, c, precision)``.
+
+    The colour is projected on ``w = (C_F + C_B + eps)^-1 (F - B)`` (the direction along
+    which the local foreground and background distributions separate best, so that the
+    fur's own light/dark variation and the background's texture are ignored):
+    ``a = w.(I - B) / w.(F - B) = u.I + c``, with variance ``1 / (F - B)^T w`` (the
+    precision is 0 where ``ok`` is 0).
+    """
+    cov = cov.clone()
+    cov[:, 0:1] += eps
+    cov[:, 3:4] += eps
+    cov[:, 5:6] += eps
+    w = _sym_matvec(_inv3_sym(*cov.split(1, 1)), d)
+    prec = (w * d).sum(1, keepdim=True)  # d^T C^-1 d
+    u = w / (prec + 1e-12)
+    c = -(u * bm).sum(1, keepdim=True)
+    prec = prec.clamp(min=0) * ok
+    bad = ~(torch.isfinite(u).all(1, keepdim=True) & torch.isfinite(c) & torch.isfinite(prec))
+    if bool(bad.any()):
+        u, c, prec = u.masked_fill(bad, 0), c.masked_fill(bad, 0), prec.masked_fill(bad, 0)
+    return u, c, prec
+
+
+def _fuse(guide, prior, u, c, prec, prior_var=_PRIOR_VAR):
+    """The colour estimate ``u.I + c`` (clamped) and ``prior`` fused by inverse variances."""
+    est = ((u * guide).sum(1, keepdim=True) + c).clamp(0, 1)
+    return (est * prec + prior / prior_var) / (prec + 1.0 / prior_var)
+
+
+def _inner_box_means(x, radii, halo):
+    """Box means at several radii of the inner part (``halo`` px trimmed per side) of ``x``.
+
+    ``x`` is ``[N, C, H, W]`` (tile crops, or a padded image); each radius is at most ``halo``,
+    so no window leaves ``x`` and the "valid" box sums (:func:`~.filters.box_sum_valid`) of
+    the part of ``x`` each radius reads are exact.
+    """
+    h, w = x.shape[-2] - 2 * halo, x.shape[-1] - 2 * halo
+    out = []
+    for r in radii:
+        k = 2 * r + 1
+        part = x[..., halo - r:halo + r + h, halo - r:halo + r + w]
+        out.append(box_sum_valid(box_sum_valid(part, k, -1), k, -2).mul_(1.0 / (k * k)))
+    return out
+
+
+def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count=0.05,
+                             lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0):
+    """Alpha from the nearest confident foreground / background colour distributions.
+
+    For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
+    of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
+    pixels are box-filtered; foreground and background statistics are each taken from the
+    finest radius where that side covers at least ``min_count`` of the window (so each side is
+    as local as its population allows). Alpha is the Fisher-discriminant projection of the
+    colour (:func:`_lda_coeffs`), fused with the sharpened prior (:func:`_sharpen_prior`) by
+    inverse variances (the prior alone where a side has no samples at any radius).
+
+    ``subsample > 1`` gathers the statistics at ``1/subsample`` size and upsamples them (cheap,
+    less local); the projection is always at full size. ``halo > 0``: the inputs are
+    ``[N, C, K, K]`` tile crops with that halo, and only the inner part is returned.
+    """
+    if halo > 0:
+        # Colours centred per crop keep the float32 second moments accurate (the projection
+        # is affine in the colour, so the centring cancels out).
+        guide = guide - guide.mean(dim=(-2, -1), keepdim=True)
+        radii = [min(halo, max(1, round(k * scale))) for k in factors]
+        means = _inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
+        t = guide.shape[-1] - 2 * halo
+        inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
+        sharp = _sharpen_prior(prior, scale)
+        coeffs = _lda_coeffs(*_fb_model(means, min_count))
+        return _fuse(inner(guide), inner(sharp), *coeffs)
+    h, w = guide.shape[-2:]
+    if subsample > 1.0:
+        # Everything but the final projection at 1/subsample size (separable float32 box
+        # filters, a larger ridge against their rounding); upsample the linear coefficients
+        # and the blurred prior.
+        small = (max(1, round(h / subsample)), max(1, round(w / subsample)))
+        g, p = _resize(guide, small), _resize(prior, small)
+        chans = _fb_channels(g, p, lo, hi)
+        means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
+        u, c, prec = _lda_coeffs(*_fb_model(means, min_count), eps=1e-5)
+        up = _resize(torch.cat([u, c, prec], 1), (h, w))
+        # The prior's blur at one working-size pixel, computed at the working size.
+        ws = (max(1, round(h / scale)), max(1, round(w / scale)))
+        blur = _resize(gaussian_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
+        sharp = (prior + _SHARPEN * (prior - blur)).clamp(0, 1)
+        return _fuse(guide, sharp, up[:, 0:3], up[:, 3:4], up[:, 4:5])
+    radii = [max(1, round(k * scale)) for k in factors]
+    chans = _fb_channels(guide, prior, lo, hi)
+    pad = max(radii)
+    # Valid box sums for all radii (float64: exact enough for a whole image).
+    means = [m.to(chans.dtype) for m in
+             _inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
+    coeffs = _lda_coeffs(*_fb_model(means, min_count))
+    return _fuse(guide, _sharpen_prior(prior, scale), *coeffs)
+
+
+def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
+    """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only.
+
+    The tiles (with a halo of the largest radius, so the statistics are exact inside them)
+    cover the thin band of a real matte: a few percent of a large image. If a feathered mask
+    puts more than ``max_pixels`` px of tiles in the band (or more than
+    :func:`~.matting._tile_budget` allows for a small image), the statistics are gathered at
+    half the working size at one radius (4 working px) instead.
+    """
+    halo = max(1, round(max(_FB_FACTORS) * scale))
+    tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
+    tiles = band_tiles(band > 0.5, tile, halo)
+    if len(tiles) == 0:
+        return prior
+    if len(tiles) * (tile + 2 * halo) ** 2 > _tile_budget(guide, max_pixels):
+        return _multiscale_colour_alpha(guide, prior, scale, factors=(4,), subsample=2 * scale)
+    crops = gather_tiles([guide, prior], tiles)
+    alpha = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, halo=halo)
+    return scatter_tiles(prior, tiles, F.pad(alpha, (halo, halo, halo, halo)))
+
+
+
+
+def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
+                 mode: str = "guided", iterations: int = 10) -> torch.Tensor:
+    """Recover edge detail that upsampling from the model's working size lost.
+
+    Acts only where it can help: if the image is not larger than ``working_size`` (scale
+    <= 1) the mask is returned unchanged; otherwise only the uncertain band (0.1 < mask < 0.9 at
+    the working size, widened by one working-size pixel) changes. ``"guided"``: a local
+    colour model (a Fisher-discriminant projection between the colour distributions, means
+    and covariances, of the nearest confident foreground / background pixels at 2 and 6
+    working-size pixels, computed at full resolution on the band's tiles), fused by inverse
+    variances with the mask sharpened against its resampling blur, then a fast guided filter
+    (coefficients at the working size). ``"matting"``: the same, then ``iterations``
+    conjugate-gradient steps of closed-form matting (matrix-free Laplacian through box
+    filters) on the band's tiles with the guided result as a soft data term: cleaner edges
+    on flat backgrounds, slower.
+
+    Args:
+        mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, 1 = foreground, already at image size
+            (resize it first with :func:`~birefnet_core.layout.fit_masks`).
+        guide: the full-resolution image, an IMAGE ``[B,H,W,C]`` (C = 1, 3 or 4), 0..1 or
+            uint8.
+        working_size: the model's input side (int) or ``(H, W)`` the mask was predicted at.
+        mode: one of :data:`EDGE_MODES`.
+
+    >>> m = torch.rand(1, 32, 32); g = torch.rand(1, 32, 32, 3)
+    >>> refine_edges(m, g, working_size=8).shape
+    torch.Size([1, 32, 32])
+    >>> torch.equal(refine_edges(m, g, working_size=1024), m)
+    True
+    """
+    if mode not in EDGE_MODES:
+        raise InputError(f"refine_edges: mode {mode!r} is not one of {EDGE_MODES}.")
+    m4, back = masks_to_b1hw(mask)
+    g4 = images_to_bchw(guide, "guide", dtype=m4.dtype).to(m4.device)
+    h, w = m4.shape[-2:]
+    if tuple(g4.shape[-2:]) != (h, w):
+        raise InputError(f"refine_edges: guide is {tuple(g4.shape[-2:])} (H, W) but the mask is "
+                         f"{(h, w)}; resize the mask to the image first.")
+    if g4.shape[0] != m4.shape[0]:
+        if g4.shape[0] == 1:
+            g4 = g4.expand(m4.shape[0], -1, -1, -1)
+        else:
+            raise InputError(f"refine_edges: {g4.shape[0]} guide frames for {m4.shape[0]} masks.")
+    scale = _scale_factor((h, w), working_size)
+    if mode == "none" or scale <= 1.0:
+        return mask
+    prior = m4.clamp(0, 1)
+    # The uncertain band (0.1 < prior < 0.9 at the working size), widened by about one
+    # working-size pixel. In the band's tails the prior is worth more than the colour model
+    # on a textured subject over a similar background, so the band is narrow.
+    lo = 0.1
+    small = (max(1, round(h / scale)), max(1, round(w / scale)))
+    p_small = _resize(prior, small)
+    uncertain = ((p_small > lo) & (p_small < 1 - lo)).to(prior.dtype)
+    band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
+    alpha = _band_colour_alpha(g4, prior, band, scale)
+    radius = max(1, round(2 * scale))
+    smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale)
+    if not bool(torch.isfinite(smooth).all()):
+        # A near-singular window (flat colour, float32 cancellation) gives a non-finite
+        # coefficient, which the summed-area tables would spread: regularise more.
+        smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale)
+    alpha = torch.where(torch.isfinite(smooth), smooth, alpha).clamp(0, 1)
+    if mode == "matting":
+        alpha = _band_matting(g4, alpha, band, scale, iterations)
+    alpha = torch.where(torch.isfinite(alpha), alpha, prior)
+    return back(band * alpha + (1 - band) * prior)
