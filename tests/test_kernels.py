@@ -110,6 +110,37 @@ def test_long_runs_decide_on_one_run_each(fresh):
     assert sorted(calls) == ["exact", "fast"]
 
 
+def test_another_candidate_must_beat_the_exact_one_by_the_margin(fresh):
+    """Within the noise margin the exact candidate stays: under load a 2 % "win" is noise."""
+    _demo(fresh, {"exact": 0.0100, "fast": 0.0098})
+    assert _select().name == "exact"
+    kernels.clear()
+    _demo(fresh, {"exact": 0.0100, "fast": 0.0100 / (1 + 2 * kernels.MARGIN)})
+    assert _select().name == "fast"
+
+
+def _sequence(clock: FakeClock, costs: list, calls: list, name: str):
+    """A candidate whose successive calls cost ``costs`` (the last repeats): a run disturbed
+    by load, then undisturbed ones."""
+    def fn():
+        calls.append(name)
+        clock.now += costs[min(calls.count(name), len(costs)) - 1]
+    return fn
+
+
+def test_close_long_runs_are_timed_again(fresh):
+    """A burst of load during the fast candidate's only run made it look slower than the
+    exact one: close long runs get a second run each, and the fast one wins on it."""
+    calls: list[str] = []
+    long = 10 * kernels.LONG_S
+    kernels.register("demo", "exact", _sequence(fresh, [long], calls, "exact"), exact=True)
+    kernels.register("demo", "fast", _sequence(fresh, [1.1 * long, 0.7 * long], calls, "fast"))
+    assert _select().name == "fast"
+    assert sorted(calls) == ["exact", "exact", "fast", "fast"]
+    (choice,) = kernels.choices()
+    assert choice["times_ms"] == pytest.approx({"exact": long * 1e3, "fast": 0.7 * long * 1e3})
+
+
 def test_compile_warm_up_runs_the_defaults(fresh):
     calls = _demo(fresh, {"exact": 0.001, "fast": 0.010})
     with kernels.defaults():
