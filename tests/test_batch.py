@@ -274,3 +274,18 @@ def test_ray_refuses_a_device_it_does_not_assign(checkpoint, tmp_path, capsys):
                "--engine", "ray", "--device", "cuda", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "--gpus-per-worker 1" in err, err
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_hidden_files_are_not_inputs(tmp_path, recursive):
+    """macOS's ``._NAME.png`` companions (AppleDouble metadata, not images) and hidden files
+    are left out of a folder's inputs, as a URI listing leaves them out."""
+    from birefnet_core.batch.sources import expand_inputs
+
+    root = tmp_path / "in"
+    write_image(root / "x.png")
+    write_image(root / "sub" / "y.png")
+    (root / "._x.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "sub" / ".z.png").write_bytes(b"not an image")
+    found = [p.relative_to(root).as_posix() for p in expand_inputs([str(root)], recursive)]
+    assert found == (["x.png", "sub/y.png"] if recursive else ["x.png"])

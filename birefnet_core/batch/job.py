@@ -21,6 +21,7 @@ from ..atomic import check_writable
 from ..errors import InputError
 from .sinks import OUTPUTS
 from .sources import Job, absolute, decode_rgb8, plan_outputs, unreadable_image_errors
+from .storage import is_uri
 
 # Frames read ahead are held as float32: a chunk takes at most this many bytes (one 8K frame
 # alone is 400 MB, so it goes alone; 1080p goes 20 at a time), and at most CHUNK_FRAMES frames
@@ -94,6 +95,11 @@ class Plan:
 
 
 def plan_job(inputs: Sequence[str], out_dir: str | os.PathLike, spec: JobSpec) -> Plan:
+    # (A URI taken for a path would be "not found", or -o s3://b/out a local folder "s3:".)
+    uris = [str(item) for item in (*inputs, out_dir) if is_uri(str(item))]
+    if uris:
+        raise InputError(f"{uris[0]} is a URI: the local engine reads and writes local paths "
+                         "only; give --engine ray for URIs (s3://, gs://, file:// ...)")
     out = absolute(out_dir)
     jobs, ignored = plan_outputs(inputs, out, spec.suffix, spec.resolved_video_format,
                                  spec.recursive)

@@ -52,16 +52,20 @@ def absolute(path: str | os.PathLike) -> Path:
 
 def _folder_media(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
     """A folder's images and videos sorted by name; with ``recursive``, its sub-folders' too
-    (depth first, sorted; hidden folders and ``skip`` -- the output folder -- left out)."""
+    (depth first, sorted; ``skip`` -- the output folder -- left out). Hidden files and folders
+    are left out, as in a URI listing: macOS's ``._NAME.jpg`` companions and this pack's own
+    ``.NAME.part`` files are not images."""
+    def media(name: str) -> bool:
+        return not name.startswith(".") and Path(name).suffix.lower() in MEDIA_SUFFIXES
+
     if not recursive:
-        return sorted(p for p in folder.iterdir()
-                      if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+        return sorted(p for p in folder.iterdir() if media(p.name) and p.is_file())
     found = []
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (skip is None or absolute(root_path / d) != skip))
-        found += sorted(root_path / f for f in files if Path(f).suffix.lower() in MEDIA_SUFFIXES)
+        found += sorted(root_path / f for f in files if media(f))
     return found
 
 
