@@ -42,25 +42,34 @@ ENGINES = ("local", "ray")
 
 
 class _Progress(Events):
-    """A one-line text progress bar on stderr (no dependency), in frames; message lines are
-    printed without mangling the bar."""
+    """A one-line text progress bar on stderr (no dependency), counting ``unit`` (``per`` of
+    what ``progress`` is given make one); message lines are printed without mangling the bar.
+    An unknown total (0) shows the count alone."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, unit: str = "frames", per: int = 1):
         self.enabled, self.start = enabled, time.perf_counter()
+        self.unit, self.per = unit, per
         self.drawn = False
 
     def progress(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         width = 30
-        filled = int(width * done / max(total, 1))
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                         f"{rate:.2f} frames/s")
-        self.drawn = done < total
+        rate = done / self.per / max(time.perf_counter() - self.start, 1e-9)
+        count = f"{done / self.per:.0f}"
+        if total:
+            filled = int(width * done / total)
+            count = f"[{'#' * filled}{'.' * (width - filled)}] {count}/{total / self.per:.0f}"
+        sys.stderr.write(f"\r{count} {self.unit} {rate:.2f} {self.unit}/s")
+        self.drawn = not total or done < total
         if not self.drawn:
             sys.stderr.write("\n")
         sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            self.drawn = False
 
     def say(self, line: str) -> None:
         if self.drawn:
@@ -143,16 +152,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download_checkpoint
 
-    progress = None
-    if not args.quiet:
-        def progress(done, total):
-            total_text = f"/{total / 2**20:.0f}" if total else ""
-            sys.stderr.write(f"\r{done / 2**20:.0f}{total_text} MiB")
-            sys.stderr.flush()
-    path = download_checkpoint(args.name, args.models_dir, overwrite=args.overwrite,
-                               on_progress=progress)
-    if not args.quiet:
-        sys.stderr.write("\n")
+    bar = _Progress(not args.quiet, unit="MiB", per=2 ** 20)
+    try:
+        path = download_checkpoint(args.name, args.models_dir, overwrite=args.overwrite,
+                                   on_progress=bar.progress)
+    finally:
+        bar.end()
     print(path)
     return 0
 

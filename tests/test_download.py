@@ -284,3 +284,15 @@ def test_a_file_in_a_subfolder_of_a_repository(hub, tmp_path):
     assert "GET /Comfy-Org/BiRefNet/resolve/main/background_removal/lucida.safetensors" in \
         hub.handler.requests, hub.handler.requests
     assert family_from_filename(path).name == "lucida"
+
+
+def test_cli_download_draws_one_progress_line_and_prints_the_path(hub, tmp_path, capsys):
+    from birefnet_core.cli import main
+
+    assert main(["download", "HR-matting", "--models-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "BiRefNet_HR-matting.safetensors")
+    mib = len(PAYLOAD) / 2 ** 20
+    assert f"/{mib:.0f} MiB" in err and err.endswith("\n") and err.count("\n") == 1
+    assert main(["download", "HR-matting", "--models-dir", str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().err == ""
