@@ -223,7 +223,8 @@ def test_registry_metadata():
     # Left exactly as they were (CI installs .[test]; pytest reads its options from here).
     assert project["project"]["optional-dependencies"] == {
         "video": ["av>=14"], "ray": ["ray[data]>=2.40", "av>=14"],
-        "test": ["pytest>=8", "playwright>=1.45", "av>=14", "ray[data]>=2.40", "kornia>=0.7"]}
+        "test": ["pytest>=8", "playwright>=1.45", "av>=14", "ray[data]>=2.40", "kornia>=0.7",
+                 "moto[server]>=5", "scipy>=1.10"]}
     assert project["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
 
 
