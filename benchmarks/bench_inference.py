@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from birefnet_core.inference import (  # noqa: E402
+from birefnet_core.inference import predict_masks  # noqa: E402
+from birefnet_core.plan import (  # noqa: E402
     Precision,
     estimate_memory,
-    predict_masks,
     resolve_precision,
     resolve_working_size,
 )

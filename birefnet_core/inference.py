@@ -36,50 +36,25 @@ from torch import nn
 from .errors import CancelledError, InputError, OutOfMemoryError
 from .layout import broadcast_batch, check_images, images_to_bchw
 from .refine import tag_working_size
-# The run's decisions live in .plan; re-exported here, where callers have always found them.
 from .plan import (
     DEFAULT_REGION_MARGIN,
-    DEFAULT_RESOLUTION,
     DYNAMIC_MAX_MEGAPIXELS,
     DYNAMIC_MIN_SIDE,
-    STRIDE,
     InferenceOptions,
     InferencePlan,
     Precision,
-    PrecisionPlan,
     WorkingSize,
-    auto_batch_size,
-    estimate_memory,
-    parse_resolution,
     plan_inference,
-    resolve_precision,
-    resolve_working_size,
 )
 from .variants import Family
 
 __all__ = [
-    "STRIDE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "DEFAULT_RESOLUTION",
-    "DYNAMIC_MAX_MEGAPIXELS",
-    "DYNAMIC_MIN_SIDE",
-    "DEFAULT_REGION_MARGIN",
-    "WorkingSize",
-    "parse_resolution",
-    "resolve_working_size",
     "preprocess",
     "resize_masks",
     "postprocess",
-    "Precision",
-    "PrecisionPlan",
-    "resolve_precision",
-    "estimate_memory",
-    "auto_batch_size",
     "regions_to_boxes",
-    "InferenceOptions",
-    "InferencePlan",
-    "plan_inference",
     "predict_masks",
 ]
 
@@ -336,12 +311,12 @@ def predict_masks(
             h, w multiples of 32 -> logits ``[n, 1, h, w]``, or a list whose last item is them).
         family: decides the working size (its trained resolution, or dynamic); ``None`` = 1024².
         resolution: override, ``(W, H)``, ``"WxH"``, ``"auto"`` or ``"dynamic"`` (see
-            :func:`resolve_working_size`; a rounded override is reported through ``on_note``).
-        precision: :class:`Precision` or its value (see :func:`resolve_precision`).
+            :func:`~birefnet_core.plan.resolve_working_size`; a rounded override is reported through ``on_note``).
+        precision: :class:`Precision` or its value (see :func:`~birefnet_core.plan.resolve_precision`).
         device: where to compute; ``None`` = the model's device. The model is not moved: it must
             already be there (or be moved there by its host as it runs).
         batch_size: frames per chunk ``k``; ``0`` = automatic from free memory
-            (:func:`auto_batch_size`). Halved on out-of-memory, down to 1.
+            (:func:`~birefnet_core.plan.auto_batch_size`). Halved on out-of-memory, down to 1.
         regions: ``None``, boxes ``[B, 4]`` ``(x0, y0, x1, y1)`` in pixels, or region masks
             ``[B, h, w]`` (see :func:`regions_to_boxes`). Each region is cropped with
             ``region_margin`` x its size of context on each side, segmented at the working size

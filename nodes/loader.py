@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..birefnet_core.inference import Precision
+from ..birefnet_core.plan import Precision
 from ..birefnet_core.variants import FAMILIES, PatchOrder
 from . import host
 

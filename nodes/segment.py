@@ -7,9 +7,9 @@ import logging
 import torch
 
 from ..birefnet_core.errors import CancelledError
-from ..birefnet_core.inference import DYNAMIC_MAX_MEGAPIXELS, predict_masks
+from ..birefnet_core.inference import predict_masks
 from ..birefnet_core.layout import check_images, join_alpha
-from ..birefnet_core.plan import InferenceOptions, plan_inference
+from ..birefnet_core.plan import DYNAMIC_MAX_MEGAPIXELS, InferenceOptions, plan_inference
 from . import host
 from .loader import CATEGORY, MODEL_TYPE, BiRefNetModel
 

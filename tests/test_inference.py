@@ -10,23 +10,24 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from birefnet_core import inference
 from birefnet_core import plan as plan_module
 from birefnet_core.errors import CancelledError, InputError, OutOfMemoryError
 from birefnet_core.inference import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    postprocess,
+    predict_masks,
+    preprocess,
+    regions_to_boxes,
+    resize_masks,
+)
+from birefnet_core.plan import (
     Precision,
     PrecisionPlan,
     WorkingSize,
     auto_batch_size,
     estimate_memory,
     parse_resolution,
-    postprocess,
-    predict_masks,
-    preprocess,
-    regions_to_boxes,
-    resize_masks,
     resolve_precision,
     resolve_working_size,
 )
@@ -120,7 +121,7 @@ def test_resolution_table_covers_every_family(name):
 def test_dynamic_policy(image_hw, expected, noted):
     size = resolve_working_size(FAMILIES["dynamic"], image_hw)
     assert size.wh == expected
-    assert size.width * size.height <= inference.DYNAMIC_MAX_MEGAPIXELS * 1e6 * 1.05
+    assert size.width * size.height <= plan_module.DYNAMIC_MAX_MEGAPIXELS * 1e6 * 1.05
     assert bool(size.note) is noted
 
 

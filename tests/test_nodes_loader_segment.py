@@ -151,7 +151,7 @@ def test_core_folder_is_registered_on_hosts_without_it(host, checkpoint):
 # -- loader --------------------------------------------------------------------------------
 
 def test_loader_schema_options_come_from_core_tables(host):
-    from birefnet_pack.birefnet_core.inference import Precision
+    from birefnet_pack.birefnet_core.plan import Precision
     from birefnet_pack.birefnet_core.variants import FAMILIES, PatchOrder
 
     req = BiRefNetModelLoader.INPUT_TYPES()["required"]

@@ -196,7 +196,7 @@ def check_job(spec: JobSpec, check_devices: bool = True) -> None:
         raise InputError(f"--smooth-strength must be in [0, 1), got {spec.smooth_strength}")
     if check_devices:
         check_device(spec.device)
-    from ..inference import parse_resolution
+    from ..plan import parse_resolution
 
     parse_resolution(spec.resolution)  # a typo is a usage error, not a failure of every frame
 
