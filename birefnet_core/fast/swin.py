@@ -258,6 +258,10 @@ class FastSwinStage(SwinStage):
         return x, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
 
 
+def _as_is(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 class FastSwinTransformer(SwinTransformer):
     """:class:`~birefnet_core.model.swin.SwinTransformer` that hands its feature maps out in the
     tokens' own channels-last layout instead of copying them to NCHW (a channels-last decoder
@@ -268,13 +272,4 @@ class FastSwinTransformer(SwinTransformer):
         return adopt(cls, exact)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.patch_embed(x)
-        b, _, h, w = x.shape
-        x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
-        outs = []
-        for i, stage in enumerate(self.layers):
-            out, x, nh, nw = stage(x, h, w)
-            out = getattr(self, f"norm{i}")(out)
-            outs.append(out.view(b, h, w, -1).permute(0, 3, 1, 2))
-            h, w = nh, nw
-        return outs
+        return self._stages(x, _as_is)

@@ -236,7 +236,9 @@ class SwinTransformer(nn.Module):
         for stage in self.layers:
             stage.clear_caches()
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _stages(self, x: torch.Tensor, finish) -> list[torch.Tensor]:
+        """The four normalised stage outputs, each a ``[B, C, H, W]`` view of the channels-last
+        tokens passed through ``finish`` as soon as its stage has run."""
         x = self.patch_embed(x)
         b, _, h, w = x.shape
         x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
@@ -244,7 +246,9 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.layers):
             out, x, nh, nw = stage(x, h, w)
             out = getattr(self, f"norm{i}")(out)
-            out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
-            outs.append(out.contiguous())
+            outs.append(finish(out.view(b, h, w, -1).permute(0, 3, 1, 2)))
             h, w = nh, nw
         return outs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._stages(x, torch.Tensor.contiguous)
