@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,32 +66,15 @@ def _images(cache: Path, count: int, size: tuple[int, int]) -> Path:
 
 
 def _video(cache: Path, seconds: int, size=(1920, 1080), rate=25) -> Path:
-    """A synthetic H.264 video (moving disc over a gradient), made once, ultrafast preset."""
-    import av
-    import numpy as np
+    """A synthetic H.264 video (tests/media.py's moving square), made once, ultrafast preset."""
+    from media import write_video
 
     path = cache / f"video-{seconds}s-{size[0]}x{size[1]}.mp4"
-    if path.exists():
-        return path
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 // w, yy * 255 // h, np.zeros_like(xx)], -1).astype(np.uint8)
-    tmp = path.with_suffix(".part.mp4")
-    with av.open(str(tmp), "w") as out:
-        vs = out.add_stream("libx264", rate=Fraction(rate), options={"preset": "ultrafast",
-                                                                     "crf": "23"})
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        for i in range(seconds * rate):
-            frame = base.copy()
-            x0 = (i * 8) % (w - 200)
-            frame[h // 2 - 100:h // 2 + 100, x0:x0 + 200] = (240, 220, 40)
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            for p in vs.encode(vf):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-    os.replace(tmp, path)
+    if not path.exists():
+        tmp = path.with_suffix(".part.mp4")
+        write_video(tmp, count=seconds * rate, size=size, rate=rate, audio=False,
+                    options={"preset": "ultrafast", "crf": "23"})
+        os.replace(tmp, path)
     return path
 
 

@@ -50,15 +50,18 @@ def synthetic_frames(count: int, width: int, height: int):
 
 
 def write_video(path: Path, count=24, size=(64, 48), rate=25, audio=True,
-                codec="libx264") -> Path:
-    """An H.264 ``.mp4`` (or ``codec``) of :func:`synthetic_frames`, with a sine AAC track."""
+                codec="libx264", options=None) -> Path:
+    """An H.264 ``.mp4`` (or ``codec``) of :func:`synthetic_frames`, with a sine AAC track;
+    ``options``: the encoder's (default for x264: ``crf`` 18), e.g. a short GOP or a preset.
+    Frames are generated one at a time: any length fits in memory."""
     import av
 
     width, height = size
     path.parent.mkdir(parents=True, exist_ok=True)
+    if options is None:
+        options = {"crf": "18"} if codec == "libx264" else {}
     with av.open(str(path), "w") as out:
-        vs = out.add_stream(codec, rate=Fraction(rate), options={"crf": "18"}
-                            if codec == "libx264" else {})
+        vs = out.add_stream(codec, rate=Fraction(rate), options=dict(options))
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         astream = None
         if audio:
