@@ -9,23 +9,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from media import write_checkpoint
 from PIL import Image
-from safetensors.torch import save_file
 
 from birefnet_core.batch import MANIFEST_NAME
 from birefnet_core.batch import Job, chunks_of_same_size, expand_inputs
 from birefnet_core.cli import main
-from birefnet_core.model import BiRefNet
-from birefnet_core.variants import Architecture
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    sd = BiRefNet(Architecture("pvt_v2_b0")).state_dict()
-    path = tmp_path_factory.mktemp("models") / "BiRefNet_lite-test.safetensors"
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("models"))
 
 
 def _outputs(folder):
