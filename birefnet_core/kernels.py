@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .atomic import atomic_write
 from .ops import deform_conv as _dc
-from .ops.linear import _can_fuse, linear
+from .ops.linear import _can_fuse, linear, plain_linear
 
 __all__ = ["Candidate", "register", "candidates", "select", "configure", "choices", "clear",
            "defaults",
@@ -359,17 +358,6 @@ def _to_disk(device: torch.device, key: str, name: str) -> None:
 
 
 # -- the ops and their candidates ---------------------------------------------------------------
-
-def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                 gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """:func:`birefnet_core.ops.linear`'s function as separate plain ops."""
-    y = F.linear(x, weight, bias)
-    if gelu:
-        return F.gelu(y)
-    if residual is None:
-        return y
-    return y.add_(residual) if y.dtype == residual.dtype else residual + y
-
 
 def _fusable(device: torch.device, dtype: torch.dtype) -> bool:
     probe = torch.empty(1, 1, device=device, dtype=dtype)

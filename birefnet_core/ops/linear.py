@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear"]
+__all__ = ["linear", "plain_linear"]
 
 
 def _onednn_linear():
@@ -66,6 +66,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         else:
             y = unary(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return y.view(out_shape)
+    return plain_linear(x, weight, bias, gelu=gelu, residual=residual)
+
+
+def plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`linear` as separate plain ops (what the exact model runs)."""
     y = F.linear(x, weight, bias)
     if gelu:
         return F.gelu(y)
