@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, box_sum_valid, dilate,
-                      gather_tiles, gaussian_blur, guided_filter, scatter_tiles)
+from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
+                      gaussian_blur, guided_filter, inner_box_means, scatter_tiles)
 from .layout import _resize, images_to_bchw, masks_to_b1hw
 from .matting import _band_matting, _tile_budget
 
@@ -137,22 +137,6 @@ def _fuse(guide, prior, u, c, prec, prior_var=_PRIOR_VAR):
     return (est * prec + prior / prior_var) / (prec + 1.0 / prior_var)
 
 
-def _inner_box_means(x, radii, halo):
-    """Box means at several radii of the inner part (``halo`` px trimmed per side) of ``x``.
-
-    ``x`` is ``[N, C, H, W]`` (tile crops, or a padded image); each radius is at most ``halo``,
-    so no window leaves ``x`` and the "valid" box sums (:func:`~.filters.box_sum_valid`) of
-    the part of ``x`` each radius reads are exact.
-    """
-    h, w = x.shape[-2] - 2 * halo, x.shape[-1] - 2 * halo
-    out = []
-    for r in radii:
-        k = 2 * r + 1
-        part = x[..., halo - r:halo + r + h, halo - r:halo + r + w]
-        out.append(box_sum_valid(box_sum_valid(part, k, -1), k, -2).mul_(1.0 / (k * k)))
-    return out
-
-
 def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count=0.05,
                              lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0):
     """Alpha from the nearest confident foreground / background colour distributions.
@@ -174,7 +158,7 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
         # is affine in the colour, so the centring cancels out).
         guide = guide - guide.mean(dim=(-2, -1), keepdim=True)
         radii = [min(halo, max(1, round(k * scale))) for k in factors]
-        means = _inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
+        means = inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
         sharp = _sharpen_prior(prior, scale)
@@ -201,7 +185,7 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
     pad = max(radii)
     # Valid box sums for all radii (float64: exact enough for a whole image).
     means = [m.to(chans.dtype) for m in
-             _inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
+             inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
     coeffs = _lda_coeffs(*_fb_model(means, min_count))
     return _fuse(guide, _sharpen_prior(prior, scale), *coeffs)
 
@@ -286,11 +270,11 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
     alpha = _band_colour_alpha(g4, prior, band, scale)
     radius = max(1, round(2 * scale))
-    smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale)
+    smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale, where=band)
     if not bool(torch.isfinite(smooth).all()):
         # A near-singular window (flat colour, float32 cancellation) gives a non-finite
         # coefficient, which the summed-area tables would spread: regularise more.
-        smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale)
+        smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale, where=band)
     alpha = torch.where(torch.isfinite(smooth), smooth, alpha).clamp(0, 1)
     if mode == "matting":
         alpha = _band_matting(g4, alpha, band, scale, iterations)

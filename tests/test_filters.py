@@ -1,12 +1,15 @@
 """``filters.gaussian_blur`` against SciPy's Gaussian filter in float64 (the same truncated
-kernel; borders normalised by the kernel's share inside the image), and its box path for large
-sigma against the variance it must have."""
+kernel; borders normalised by the kernel's share inside the image), its box path for large
+sigma against the variance it must have, and the tile crops' box means against torch's
+``avg_pool2d``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+
 from birefnet_core import filters
 
 
@@ -45,3 +48,18 @@ def test_large_sigma_takes_the_box_path_with_the_right_variance():
     t = torch.arange(n, dtype=torch.float64) - n // 2
     assert response.sum().item() == pytest.approx(1.0)
     assert (response * t * t).sum().item() == pytest.approx(sigma ** 2, rel=0.1)
+
+
+@pytest.mark.parametrize("width", [40, 300])  # banded products / partial sums
+def test_inner_box_means_match_avg_pool(width):
+    """Box means at several radii of a crop's inner part against torch's ``avg_pool2d`` (every
+    window inside the input: no border rule involved), in float64."""
+    torch.manual_seed(0)
+    halo = 6
+    x = torch.rand(3, 4, 30, width, dtype=torch.float64) - 0.5
+    got = filters.inner_box_means(x.float(), (1, 3, 6), halo)
+    for r, mean in zip((1, 3, 6), got):
+        part = x[..., halo - r:x.shape[-2] - halo + r, halo - r:width - halo + r]
+        ref = F.avg_pool2d(part, 2 * r + 1, stride=1)
+        assert mean.shape == ref.shape == (3, 4, 30 - 2 * halo, width - 2 * halo)
+        torch.testing.assert_close(mean.double(), ref, atol=1e-6, rtol=0)

@@ -366,6 +366,25 @@ def test_guided_filter_matches_kornia_on_the_interior():
     assert torch.allclose(got[inner], ref[inner], atol=1e-4)
 
 
+@pytest.mark.parametrize("channels, subsample", [(3, 1.0), (3, 2.5), (1, 2.0)])
+def test_guided_filter_on_a_band_equals_the_whole_image_filter(channels, subsample):
+    """``where=``: the coefficients solved on the band's tiles only give the whole-image
+    filter's values everywhere in the band (image borders, two frames, a band that reaches the
+    corners included), and ``src`` elsewhere."""
+    torch.manual_seed(0)
+    g = torch.rand(2, channels, 150, 170)
+    p = F.interpolate(torch.rand(2, 1, 5, 6), size=(150, 170), mode="bilinear")
+    where = torch.zeros(2, 1, 150, 170)
+    where[0, :, 40:60, :] = 1  # across the frame, both side borders
+    where[1, :, :5, :7] = 1  # a corner
+    where[1, :, 140:, 100:] = 1  # the opposite corner
+    whole = guided_filter(g, p, 5, 1e-3, subsample=subsample)
+    band = guided_filter(g, p, 5, 1e-3, subsample=subsample, where=where)
+    inside = where.bool()
+    torch.testing.assert_close(band[inside], whole[inside], atol=1e-6, rtol=0)
+    assert torch.equal(band[~inside], p[~inside])
+
+
 @pytest.mark.parametrize("eps", [1e-5, 1e-6])
 def test_fast_guided_filter_float32_matches_float64_on_a_near_two_colour_guide(eps):
     """Before the float64 solve, float32 coefficients blew up (finite, up to 100x) on this
