@@ -9,6 +9,13 @@
 * ``issue17_square_blocks.png``: dark hair strands against a smooth 8-bit sky, mask predicted at
   1/4 size; refined alpha: true | upsampled mask | before (guided filter solved in float32) |
   now (float64 solve) | 5 x |before - now|.
+* ``issue17_sharpening.png``: the lemur's fur (2048 px composite over the beach photo) with
+  the mask a 1024^2 segmenter gives at blur sigma 0.5 (top: crisp) and 2 (bottom: soft):
+  true alpha | upsampled mask | before (unsharp amount fixed at 2) | now (amount fitted per
+  frame) | 5 x |before - true| | 5 x |now - true|.
+* ``issue17_not_downscaled.png``: the synthetic portrait at 1536 px over the beach, its mask
+  predicted at 2048^2 (not upsampled) with a sigma-2 blur: true alpha | mask (before: returned
+  unchanged) | now | 5 x |mask - true| | 5 x |now - true|.
 """
 
 from __future__ import annotations
@@ -20,23 +27,31 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.matting_protocol import degrade, synthetic_portrait
+from benchmarks.matting_protocol import (degrade, pipeline_backgrounds, pipeline_cases,
+                                         synthetic_portrait)
 from birefnet_core import edges as E
 from birefnet_core import filters
 from birefnet_core import foreground as FG
 
 OUT = Path(__file__).resolve().parent
+MATTING = OUT.parents[1] / "shared" / "data" / "matting"
 
 
-def _tiles(path: Path, tiles, zoom: int) -> None:
-    rows = []
+def _row(tiles, zoom: int) -> np.ndarray:
+    parts = []
     for t in tiles:
         x = t[0].permute(1, 2, 0).expand(-1, -1, 3).clamp(0, 1).numpy()
         x = (x * 255).round().astype(np.uint8)
-        rows.append(np.kron(x, np.ones((zoom, zoom, 1), dtype=np.uint8)))
-    sep = np.full((rows[0].shape[0], 6, 3), 255, np.uint8)
-    out = np.concatenate([p for r in rows for p in (r, sep)][:-1], 1)
-    Image.fromarray(out).save(path)
+        parts.append(np.kron(x, np.ones((zoom, zoom, 1), dtype=np.uint8)))
+    sep = np.full((parts[0].shape[0], 6, 3), 255, np.uint8)
+    return np.concatenate([p for r in parts for p in (r, sep)][:-1], 1)
+
+
+def _tiles(path: Path, tiles, zoom: int) -> None:
+    """One row of ``[1, C, h, w]`` tiles, or a list of such rows (stacked, 6-px white gaps)."""
+    rows = [_row(r, zoom) for r in (tiles if isinstance(tiles[0], list) else [tiles])]
+    sep = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
+    Image.fromarray(np.concatenate([p for r in rows for p in (r, sep)][:-1], 0)).save(path)
     print("wrote", path)
 
 
@@ -86,7 +101,45 @@ def square_blocks() -> None:
            [a[sl], mask[sl], before[sl], now[sl], (5 * diff)[sl]], 3)
 
 
+def _fixed_amount(mask, image, working_size):
+    """refine_edges with the unsharp amount fixed at 2 (before it was fitted)."""
+    keep = E._SHARPEN_AMOUNTS
+    E._SHARPEN_AMOUNTS = (E._SHARPEN,)
+    try:
+        return E.refine_edges(mask, image, working_size)
+    finally:
+        E._SHARPEN_AMOUNTS = keep
+
+
+def sharpening() -> None:
+    a, f = pipeline_cases(MATTING)["lemur 2048"]
+    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
+    image = img.permute(0, 2, 3, 1)
+    # The crop with the most fractional alpha (fur) in a 128-px window.
+    frac = ((a > 0.02) & (a < 0.98)).float()
+    density = F.avg_pool2d(frac, 128, 32)
+    iy, ix = divmod(int(density.flatten().argmax()), density.shape[-1])
+    sl = (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
+    rows = []
+    for sigma in (0.5, 2.0):
+        ad = degrade(a, 1024, sigma, blur="gaussian")
+        before, now = _fixed_amount(ad, image, 1024), E.refine_edges(ad, image, 1024)
+        rows.append([a[sl], ad[sl], before[sl], now[sl], (5 * (before - a).abs())[sl],
+                     (5 * (now - a).abs())[sl]])
+    _tiles(OUT / "issue17_sharpening.png", rows, 2)
+    a, f = synthetic_portrait(1536)
+    image = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
+    ad = degrade(a, 2048, 2.0, blur="gaussian")
+    now = E.refine_edges(ad, image.permute(0, 2, 3, 1), 2048)
+    # The top of the head: hair strands and the skin's hard edge.
+    y, x = int(0.17 * 1536), int(0.42 * 1536)
+    sl = (Ellipsis, slice(y - 64, y + 64), slice(x - 64, x + 64))
+    _tiles(OUT / "issue17_not_downscaled.png",
+           [[a[sl], ad[sl], now[sl], (5 * (ad - a).abs())[sl], (5 * (now - a).abs())[sl]]], 3)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     green_rim()
     square_blocks()
+    sharpening()

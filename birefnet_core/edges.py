@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
-                      gaussian_blur, guided_filter, inner_box_means, scatter_tiles)
+                      gaussian_blur, guided_filter, inner_box_means, scatter_tiles, solve_dtype)
 from .layout import _resize, images_to_bchw, masks_to_b1hw
 from .matting import _band_matting, _tile_budget
 
@@ -53,8 +53,15 @@ _FB_FACTORS = (2, 6)
 _FB_LO, _FB_HI = 0.1, 0.9
 _FB_EPS = 1e-5
 _PRIOR_VAR = 0.003
-_SHARPEN = 2.0
+# The prior's unsharp mask: Gaussian sigma (working px) and the amounts it is fitted among (one
+# per frame, by :func:`_fit_sharpening`); the default where no colour evidence decides.
 _SHARPEN_SIGMA = 1.0
+_SHARPEN_AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+_SHARPEN = 2.0
+# A mask that was not upsampled is refined only if the fitted sharpening brings it this much
+# closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
+# soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, "not downscaled").
+_ACT_BELOW = 0.45
 
 
 def _sym_matvec(m, v):
@@ -97,14 +104,33 @@ def _fb_model(means, min_count):
     return bm, fm - bm, cf + cb, (okf & okb).to(fm.dtype)
 
 
-def _sharpen_prior(prior, scale, amount=None, sigma=None):
-    """Undo part of the resampling blur of a mask upsampled ``scale`` x: an unsharp mask
-    (``amount``) at a Gaussian sigma of one working-size pixel, clamped to 0..1."""
-    amount = _SHARPEN if amount is None else amount
-    sigma = _SHARPEN_SIGMA if sigma is None else sigma
-    if amount <= 0:
-        return prior
-    return (prior + amount * (prior - gaussian_blur(prior, sigma * scale))).clamp(0, 1)
+def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
+    """Undo the mask's own blur by as much as the image shows it has: ``(sharpened, gain)``.
+
+    The sharpened prior is the unsharp mask ``prior + a (prior - blur)`` (clamped), with the
+    amount ``a`` (one of :data:`_SHARPEN_AMOUNTS`) that brings it closest, in ``weight``-ed
+    squared difference, to ``est``, the colour model's alpha. The colour estimate is noisy
+    but its noise does not depend on ``a``, so the fit follows the edge blur: a crisp mask over
+    soft fur gets a little sharpening, a blurred one over a hard edge a lot (items 4 and 6 of
+    issue 17). One amount per group of rows (``groups[i]`` the group of row ``i``: the frame
+    of a tile), or per row; ``gain`` (``[n_groups]``) is the fitted residual over that of the
+    unsharpened mask (1 where no pixel has colour evidence; then ``a`` is :data:`_SHARPEN`).
+    """
+    detail = prior - blur
+    res = torch.stack([((prior + a * detail).clamp_(0, 1).sub_(est).square_().mul_(weight))
+                       .sum((1, 2, 3), dtype=solve_dtype(prior.device)) for a in _SHARPEN_AMOUNTS], 1)
+    if groups is not None:
+        res = res.new_zeros(n_groups, res.shape[1]).index_add_(0, groups, res)
+    best = res.argmin(1)
+    plain = res[:, 0]
+    evidence = plain > 0
+    best = torch.where(evidence, best, _SHARPEN_AMOUNTS.index(_SHARPEN))
+    gain = torch.where(evidence, res.gather(1, best[:, None])[:, 0] / plain.clamp(min=1e-30),
+                       torch.ones_like(plain))
+    amount = torch.tensor(_SHARPEN_AMOUNTS, dtype=prior.dtype, device=prior.device)[best]
+    if groups is not None:
+        amount = amount[groups]
+    return (prior + amount.view(-1, 1, 1, 1) * detail).clamp_(0, 1), gain.to(prior.dtype)
 
 
 def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
@@ -131,28 +157,40 @@ def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
     return u, c, prec
 
 
-def _fuse(guide, prior, u, c, prec, prior_var=_PRIOR_VAR):
-    """The colour estimate ``u.I + c`` (clamped) and ``prior`` fused by inverse variances."""
+def _colour_estimate(guide, u, c, prec, prior_var=_PRIOR_VAR):
+    """The colour model's alpha ``u.I + c`` (clamped) and its weight against the prior when
+    the two are fused by inverse variances (:func:`_fuse`)."""
     est = ((u * guide).sum(1, keepdim=True) + c).clamp(0, 1)
-    return (est * prec + prior / prior_var) / (prec + 1.0 / prior_var)
+    return est, prec / (prec + 1.0 / prior_var)
 
 
-def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count=0.05,
-                             lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0):
-    """Alpha from the nearest confident foreground / background colour distributions.
+def _fuse(est, weight, prior):
+    """``est`` and ``prior`` fused by inverse variances (``weight``: est's share)."""
+    return torch.lerp(prior, est, weight)
+
+
+def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
+                             min_count=0.05, lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0,
+                             groups=None, n_groups=None):
+    """Alpha from the nearest confident foreground / background colour distributions, and the
+    sharpening fit's gain (:func:`_fit_sharpening`, per frame or per ``groups``).
 
     For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
     of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
     pixels are box-filtered; foreground and background statistics are each taken from the
     finest radius where that side covers at least ``min_count`` of the window (so each side is
     as local as its population allows). Alpha is the Fisher-discriminant projection of the
-    colour (:func:`_lda_coeffs`), fused with the sharpened prior (:func:`_sharpen_prior`) by
-    inverse variances (the prior alone where a side has no samples at any radius).
+    colour (:func:`_lda_coeffs`), fused by inverse variances with the prior sharpened by the
+    amount fitted to it over ``band`` (default: everywhere); the prior alone where a side has
+    no samples at any radius.
 
     ``subsample > 1`` gathers the statistics at ``1/subsample`` size and upsamples them (cheap,
     less local); the projection is always at full size. ``halo > 0``: the inputs are
-    ``[N, C, K, K]`` tile crops with that halo, and only the inner part is returned.
+    ``[N, C, K, K]`` tile crops with that halo (``band`` the inner part's), only the inner part
+    is returned, and the sharpening is fitted per frame (``groups``: each tile's frame).
     """
+    if band is None:
+        band = torch.ones_like(prior)
     if halo > 0:
         # Colours centred per crop keep the float32 second moments accurate (the projection
         # is affine in the colour, so the centring cancels out).
@@ -161,9 +199,10 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
         means = inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
-        sharp = _sharpen_prior(prior, scale)
-        coeffs = _lda_coeffs(*_fb_model(means, min_count))
-        return _fuse(inner(guide), inner(sharp), *coeffs)
+        blur = inner(gaussian_blur(prior, _SHARPEN_SIGMA * scale))
+        est, weight = _colour_estimate(inner(guide), *_lda_coeffs(*_fb_model(means, min_count)))
+        sharp, gain = _fit_sharpening(inner(prior), blur, est, weight * band, groups, n_groups)
+        return _fuse(est, weight, sharp), gain
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -178,20 +217,24 @@ def _multiscale_colour_alpha(guide, prior, scale, factors=_FB_FACTORS, min_count
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
         blur = _resize(gaussian_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
-        sharp = (prior + _SHARPEN * (prior - blur)).clamp(0, 1)
-        return _fuse(guide, sharp, up[:, 0:3], up[:, 3:4], up[:, 4:5])
-    radii = [max(1, round(k * scale)) for k in factors]
-    chans = _fb_channels(guide, prior, lo, hi)
-    pad = max(radii)
-    # Valid box sums for all radii (float64: exact enough for a whole image).
-    means = [m.to(chans.dtype) for m in
-             inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii, pad)]
-    coeffs = _lda_coeffs(*_fb_model(means, min_count))
-    return _fuse(guide, _sharpen_prior(prior, scale), *coeffs)
+        est, weight = _colour_estimate(guide, up[:, 0:3], up[:, 3:4], up[:, 4:5])
+    else:
+        radii = [max(1, round(k * scale)) for k in factors]
+        chans = _fb_channels(guide, prior, lo, hi)
+        pad = max(radii)
+        # Valid box sums for all radii (float64: exact enough for a whole image).
+        means = [m.to(chans.dtype) for m in
+                 inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii,
+                                  pad)]
+        est, weight = _colour_estimate(guide, *_lda_coeffs(*_fb_model(means, min_count)))
+        blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
+    sharp, gain = _fit_sharpening(prior, blur, est, weight * band)
+    return _fuse(est, weight, sharp), gain
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
-    """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only.
+    """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only: ``(alpha,
+    gain)``, the gain per frame.
 
     The tiles (with a halo of the largest radius, so the statistics are exact inside them)
     cover the thin band of a real matte: a few percent of a large image. If a feathered mask
@@ -203,44 +246,53 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
     tiles = band_tiles(band > 0.5, tile, halo)
     if len(tiles) == 0:
-        return prior
+        return prior, prior.new_ones(prior.shape[0])
     if len(tiles) * (tile + 2 * halo) ** 2 > _tile_budget(guide, max_pixels):
-        return _multiscale_colour_alpha(guide, prior, scale, factors=(4,), subsample=2 * scale)
+        return _multiscale_colour_alpha(guide, prior, scale, band, factors=(4,),
+                                        subsample=2 * scale)
     crops = gather_tiles([guide, prior], tiles)
-    alpha = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, halo=halo)
-    return scatter_tiles(prior, tiles, F.pad(alpha, (halo, halo, halo, halo)))
-
-
+    # The band inside each tile, zero where a border tile reaches past the image.
+    inside = tiles.inside().to(band.dtype)
+    band_crops = gather_tiles(band, tiles)[..., halo:halo + tile, halo:halo + tile] * inside
+    alpha, gain = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, band_crops,
+                                           halo=halo, groups=tiles.frame,
+                                           n_groups=prior.shape[0])
+    return scatter_tiles(prior, tiles, F.pad(alpha, (halo, halo, halo, halo))), gain
 
 
 def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
                  mode: str = "guided", iterations: int = 10) -> torch.Tensor:
     """Recover edge detail that upsampling from the model's working size lost.
 
-    Acts only where it can help: if the image is not larger than ``working_size`` (scale
-    <= 1) the mask is returned unchanged; otherwise only the uncertain band (0.1 < mask < 0.9 at
-    the working size, widened by one working-size pixel) changes. ``"guided"``: a local
-    colour model (a Fisher-discriminant projection between the colour distributions, means
-    and covariances, of the nearest confident foreground / background pixels at 2 and 6
-    working-size pixels, computed at full resolution on the band's tiles), fused by inverse
-    variances with the mask sharpened against its resampling blur, then a fast guided filter
-    (coefficients at the working size). ``"matting"``: the same, then ``iterations``
-    conjugate-gradient steps of closed-form matting (matrix-free Laplacian through box
-    filters) on the band's tiles with the guided result as a soft data term: cleaner edges
-    on flat backgrounds, slower.
+    Only the uncertain band (0.1 < mask < 0.9 at the working size, widened by one working-size
+    pixel) changes. ``"guided"``: a local colour model (a Fisher-discriminant projection
+    between the colour distributions, means and covariances, of the nearest confident
+    foreground / background pixels at 2 and 6 working-size pixels, computed at full resolution
+    on the band's tiles), fused by inverse variances with the mask sharpened against its own
+    blur (an unsharp mask whose amount is fitted per frame to the colour model), then a fast
+    guided filter (coefficients at the working size). ``"matting"``: the same, then
+    ``iterations`` conjugate-gradient steps of closed-form matting (matrix-free Laplacian
+    through box filters) on the band's tiles with the guided result as a soft data term:
+    cleaner edges on flat backgrounds, slower.
+
+    A mask that was not upsampled (the image is not larger than ``working_size``) is refined,
+    at the image's pixels, only on frames where the fitted sharpening explains the image much
+    better than the mask as it is (a soft mask over hard edges); other frames, and every frame
+    with ``working_size=None`` (the mask has full detail), come back unchanged.
 
     Args:
         mask: ``[B,H,W]`` / ``[H,W]`` / ``[B,1,H,W]``, 1 = foreground, already at image size
             (resize it first with :func:`~birefnet_core.layout.fit_masks`).
         guide: the full-resolution image, an IMAGE ``[B,H,W,C]`` (C = 1, 3 or 4), 0..1 or
             uint8.
-        working_size: the model's input side (int) or ``(H, W)`` the mask was predicted at.
+        working_size: the model's input side (int) or ``(H, W)`` the mask was predicted at;
+            None: the mask has full detail.
         mode: one of :data:`EDGE_MODES`.
 
     >>> m = torch.rand(1, 32, 32); g = torch.rand(1, 32, 32, 3)
     >>> refine_edges(m, g, working_size=8).shape
     torch.Size([1, 32, 32])
-    >>> torch.equal(refine_edges(m, g, working_size=1024), m)
+    >>> torch.equal(refine_edges(m, g, working_size=None), m)
     True
     """
     if mode not in EDGE_MODES:
@@ -256,9 +308,12 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
             g4 = g4.expand(m4.shape[0], -1, -1, -1)
         else:
             raise InputError(f"refine_edges: {g4.shape[0]} guide frames for {m4.shape[0]} masks.")
-    scale = _scale_factor((h, w), working_size)
-    if mode == "none" or scale <= 1.0:
+    if mode == "none" or working_size is None:
         return mask
+    # Not upsampled (scale <= 1): work at the image's pixels, and only on the frames whose
+    # mask is measurably softer than the image's edges (the sharpening fit's gain).
+    scale = _scale_factor((h, w), working_size)
+    upsampled, scale = scale > 1.0, max(1.0, scale)
     prior = m4.clamp(0, 1)
     # The uncertain band (0.1 < prior < 0.9 at the working size), widened by about one
     # working-size pixel. In the band's tails the prior is worth more than the colour model
@@ -268,7 +323,12 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     p_small = _resize(prior, small)
     uncertain = ((p_small > lo) & (p_small < 1 - lo)).to(prior.dtype)
     band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
-    alpha = _band_colour_alpha(g4, prior, band, scale)
+    alpha, gain = _band_colour_alpha(g4, prior, band, scale)
+    if not upsampled:
+        act = gain < _ACT_BELOW
+        if not bool(act.any()):
+            return mask
+        band = band * act.view(-1, 1, 1, 1).to(band.dtype)
     radius = max(1, round(2 * scale))
     smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale, where=band)
     if not bool(torch.isfinite(smooth).all()):

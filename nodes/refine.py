@@ -21,8 +21,8 @@ class BiRefNetRefineMask:
     DESCRIPTION = (
         "Refines a foreground mask (" + MASK_CONVENTION + ") in this order: levels, edge "
         "refinement from the full-size guide image (recovers the detail lost when the model "
-        "worked at a smaller size; does nothing when the image was not larger than the working "
-        "size), threshold, remove islands, fill holes, grow/shrink, feather, temporal smoothing "
+        "worked at a smaller size, and the segmenter's own blur where the image shows hard "
+        "edges under a soft mask), threshold, remove islands, fill holes, grow/shrink, feather, temporal smoothing "
         "across the batch. Also outputs the edge band (dilate minus erode).")
     CATEGORY = "BiRefNet"
     FUNCTION = "refine"
@@ -59,9 +59,10 @@ class BiRefNetRefineMask:
                                "resolution). -1 = auto: the size BiRefNet Remove Background "
                                "used, which travels with its mask (connect that mask directly; "
                                "a mask made by another node falls back to "
-                               f"{FALLBACK_WORKING_SIZE}). Edge refinement acts only when the "
-                               "image is larger than this; 0 = assume the mask has full detail "
-                               "(no edge refinement)."}),
+                               f"{FALLBACK_WORKING_SIZE}). When the image is not larger than this, "
+                               "edges are refined only where the mask is measurably softer than "
+                               "the image; 0 = assume the mask has full detail (no edge "
+                               "refinement)."}),
                 "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                         "tooltip": "If > 0, make the mask binary at this level "
                                                    "(hard edges)."}),

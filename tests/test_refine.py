@@ -11,7 +11,7 @@ from birefnet_core import edges as E, matting as M, refine as R, temporal as T
 from birefnet_core.errors import InputError
 from birefnet_core.layout import fit_masks
 from birefnet_core.filters import (_octagon, band_tiles, box_filter, connected_components,
-                                   dilate, erode, guided_filter)
+                                   dilate, erode, gaussian_blur, guided_filter)
 from memory_probe import peak_growth
 
 
@@ -123,15 +123,15 @@ SPEC_TARGET = 0.6
 # a ratio, lower that limit to the new measurement + 3 % in the same change; raise one only for
 # a trade-off that is measured and explained in RESULTS_refine.md, never above SPEC_TARGET.
 # Working size 128 / 192 is the benchmark's 680 px @ 256 / 384 at half size (same scale
-# factor). Measured with the sharpening's blur a true Gaussian (filters.gaussian_blur; it was
-# three box passes, 0.070 / 0.483, 0.110 / 0.513, 0.067 / 0.493, 0.102 / 0.530): guided
-# 0.068 / 0.464 (128), 0.101 / 0.453 (192); matting 0.065 / 0.476 (128), 0.093 / 0.475 (192)
+# factor). Measured with the sharpening amount fitted per frame (edges._fit_sharpening; it was
+# a fixed 2: 0.068 / 0.464, 0.101 / 0.453, 0.065 / 0.476, 0.093 / 0.475): guided
+# 0.060 / 0.356 (128), 0.102 / 0.366 (192); matting 0.057 / 0.375 (128), 0.095 / 0.389 (192)
 # (magenta / beach).
 QUALITY_LIMITS = {
-    ("guided", 128, "magenta"): 0.073, ("guided", 128, "beach"): 0.478,
-    ("guided", 192, "magenta"): 0.106, ("guided", 192, "beach"): 0.467,
-    ("matting", 128, "magenta"): 0.070, ("matting", 128, "beach"): 0.490,
-    ("matting", 192, "magenta"): 0.098, ("matting", 192, "beach"): 0.489,
+    ("guided", 128, "magenta"): 0.065, ("guided", 128, "beach"): 0.367,
+    ("guided", 192, "magenta"): 0.107, ("guided", 192, "beach"): 0.377,
+    ("matting", 128, "magenta"): 0.062, ("matting", 128, "beach"): 0.386,
+    ("matting", 192, "magenta"): 0.100, ("matting", 192, "beach"): 0.401,
 }
 
 
@@ -157,11 +157,18 @@ def test_quality_small(matting_dir):
         band = band_of(a)
         for bg_name, bg in bgs.items():
             img = a * f + (1 - a) * bg
-            # Not downscaled (working size >= the image): the contract is the identity.
-            ad = degrade(a, 512)
-            for ws in (512, side):
-                image = img.permute(0, 2, 3, 1)
-                assert torch.equal(E.refine_edges(ad, image, working_size=ws), ad), (name, ws)
+            image = img.permute(0, 2, 3, 1)
+            # Not downscaled (working size >= the image): refined only where the mask is
+            # measurably softer than the image, and then never worse than the mask (measured:
+            # unchanged at sigma 0.5 and 1 except the lemur over magenta, 0.92 / 0.54).
+            for sigma in (0.5, 1.0, 2.0):
+                ad = degrade(a, 512, sigma, blur="gaussian")
+                for ws in (512, side):
+                    out = E.refine_edges(ad, image, working_size=ws)
+                    ratio = (alpha_metrics(out, a, band)["sad_band"] /
+                             alpha_metrics(ad, a, band)["sad_band"])
+                    assert ratio <= 1.0 + 1e-6, (name, bg_name, sigma, ws, ratio)
+                assert torch.equal(E.refine_edges(ad, image, working_size=None), ad)
             # Barely downscaled (1.25x): it acts, and never does worse than bilinear by more
             # than 5 % (measured: 0.41 / 0.15 lemur, 0.69 / 0.59 pymatting32; beach / magenta).
             ws = round(side / 1.25)
@@ -172,6 +179,29 @@ def test_quality_small(matting_dir):
             assert not torch.equal(out, ad) and ratio <= 1.05, (name, bg_name, ratio)
 
 
+def test_not_downscaled_soft_mask_is_refined_only_over_hard_edges(matting_dir):
+    """Issue 17, item 6: a mask predicted at a working size above the image's is still soft
+    where the segmenter blurred it. Over hard edges (the synthetic portrait) that blur is
+    measured against the image and removed; over the lemur's soft fur on a photo, where the
+    same forcing does harm, the mask comes back unchanged."""
+    from benchmarks.matting_protocol import (alpha_metrics, band_of, degrade, load_cases,
+                                             synthetic_portrait)
+
+    a, f = synthetic_portrait(256)
+    green = torch.tensor([0.1, 0.75, 0.2]).view(1, 3, 1, 1)
+    image = (a * f + (1 - a) * green).permute(0, 2, 3, 1)
+    band = band_of(a)
+    for sigma in (0.5, 1.0, 2.0):
+        ad = degrade(a, 341, sigma, blur="gaussian")  # predicted at 341 px, shown at 256
+        out = E.refine_edges(ad, image, working_size=341)
+        ratio = alpha_metrics(out, a, band)["sad_band"] / alpha_metrics(ad, a, band)["sad_band"]
+        assert ratio <= 0.62, (sigma, ratio)  # measured 0.57, 0.58, 0.56
+    a, f, _, bgs = load_cases(matting_dir, lemur_size=340)["lemur"]
+    ad = degrade(a, 512, 0.5, blur="gaussian")
+    image = (a * f + (1 - a) * bgs["beach"]).permute(0, 2, 3, 1)
+    assert torch.equal(E.refine_edges(ad, image, working_size=512), ad)
+
+
 def test_band_tiles_match_whole_image_colour_model():
     """The tiled colour model equals the whole-image one inside the band (away from borders)."""
     torch.manual_seed(0)
@@ -179,8 +209,8 @@ def test_band_tiles_match_whole_image_colour_model():
     fg, bg = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1), torch.tensor([0.1, 0.2, 0.8])
     g = m * fg + (1 - m) * bg.view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, 96, 96)
     band = ((m > 0.01) & (m < 0.99)).float()
-    tiled = E._band_colour_alpha(g, m, band, 2.0)
-    whole = E._multiscale_colour_alpha(g, m, 2.0)
+    tiled, tiled_gain = E._band_colour_alpha(g, m, band, 2.0)
+    whole, whole_gain = E._multiscale_colour_alpha(g, m, 2.0, band)
     inner = band.bool().clone()
     inner[..., :12, :] = inner[..., -12:, :] = inner[..., :, :12] = inner[..., :, -12:] = False
     assert torch.allclose(tiled[inner], whole[inner], atol=1e-4)
@@ -412,3 +442,35 @@ def test_refine_edges_has_no_square_blocks_on_a_near_two_colour_guide():
     out64 = E.refine_edges(mask.double(), image.double(), working_size=64)
     assert (out32.double() - out64).abs().max() < 1e-3
     assert (out32 - a).abs().sum() < (mask - a).abs().sum()
+
+
+def test_sharpening_fit_follows_the_mask_blur():
+    """The fitted unsharp amount grows with the mask's blur against the colour estimate (here
+    the exact edge), one amount per group of rows, and falls back to the default where no
+    pixel has colour evidence."""
+    x = torch.arange(64, dtype=torch.float32) - 31.5
+    edge = (x > 0).float().expand(1, 1, 64, 64)  # a hard vertical edge
+    weight = torch.ones_like(edge)
+    amounts, gains = [], []
+    for sigma in (0.5, 1.0, 2.0):
+        prior = torch.sigmoid(x / sigma * 1.7).expand(1, 1, 64, 64)  # a soft edge, ~sigma wide
+        blur = gaussian_blur(prior, 1.0)
+        sharp, gain = E._fit_sharpening(prior, blur, edge, weight)
+        amounts.append(((sharp - prior).abs().sum() / (prior - blur).abs().sum()).item())
+        gains.append(gain.item())
+    assert amounts[0] < amounts[1] < amounts[2], amounts
+    assert gains[0] <= gains[1] < gains[2] < 1, gains  # the softer, the less it can undo
+    # Two frames, tiles grouped by frame: the crisp frame's tiles get less than the soft one's.
+    prior = torch.cat([torch.sigmoid(x / s * 1.7).expand(1, 1, 64, 64) for s in (0.5, 2.0)])
+    tiles = torch.cat([prior, prior])  # rows 0, 2: frame 0 (crisp); 1, 3: frame 1 (soft)
+    groups = torch.tensor([0, 1, 0, 1])
+    sharp, gain = E._fit_sharpening(tiles, gaussian_blur(tiles, 1.0), edge.expand(4, -1, -1, -1),
+                                    torch.ones_like(tiles), groups, 2)
+    assert gain.shape == (2,)
+    assert torch.equal(sharp[0], sharp[2]) and torch.equal(sharp[1], sharp[3])
+    # No colour evidence: the default amount, gain 1.
+    prior = torch.sigmoid(x / 2.0).expand(1, 1, 64, 64)
+    blur = gaussian_blur(prior, 1.0)
+    sharp, gain = E._fit_sharpening(prior, blur, edge, torch.zeros_like(prior))
+    torch.testing.assert_close(sharp, (prior + E._SHARPEN * (prior - blur)).clamp(0, 1))
+    assert gain.item() == 1.0
