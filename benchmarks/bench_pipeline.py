@@ -1,7 +1,7 @@
 """Issue 17: Segment -> Refine Mask -> Composite scored as a user's graph runs them.
 
     PYTHONPATH=. python benchmarks/bench_pipeline.py [--matting ../shared/data/matting]
-        [--skip-timing] [--cases lemur]
+        [--skip-timing] [--cases lemur] [--working-sizes 1024 512]
 
 For every exact-ground-truth case (matting_protocol.pipeline_cases), source background (a
 photo, a flat green), working size (1024, 512) and segmenter blur (Gaussian sigma 0.5, 1, 2
@@ -50,7 +50,7 @@ def colour_ratios(img, f, au, a):
             colour_error(_fg(img, au, **OLD), f, au, a) / e_bf, e_bf)
 
 
-def quality(matting: Path, names=None):
+def quality(matting: Path, names=None, working_sizes=(1024, 512)):
     cases = pipeline_cases(matting)
     print("\n## Pipeline quality (ratios; lower is better)\n")
     print("alpha: band SAD ratio to the upsampled mask; colour: colour error ratio to official "
@@ -70,7 +70,7 @@ def quality(matting: Path, names=None):
             worst["true"] = max(worst["true"], now)
             print(f"| {name} | {bn} | true alpha | | | | | | {now:.2f} / {before:.2f} | | "
                   f"{e_bf:.2e} |", flush=True)
-            for ws in (1024, 512):
+            for ws in working_sizes:
                 scale = max(h, w) / ws
                 for sigma in (0.5, 1.0, 2.0):
                     ad = degrade(a, ws, sigma, blur="gaussian")
@@ -128,11 +128,13 @@ def main():
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--cases", nargs="*", help="substrings of the case names to run")
+    p.add_argument("--working-sizes", type=int, nargs="+", default=[1024, 512],
+                   help="segmenter working sizes (above the image side: a mask not upsampled)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if not args.skip_quality:
-        quality(args.matting, args.cases)
+        quality(args.matting, args.cases, args.working_sizes)
     if not args.skip_timing:
         timings(args.matting, args.repeats)
 
