@@ -45,7 +45,9 @@ Run from the repo root, on a quiet machine::
 
 Per model it prints the timings, then one JSON line (``{"model": ..., "median_ms": ...}``) and a
 markdown table row: model | official | exact | fast | fast/official | exact/official | max |Δ
-sigmoid| (medians; min in parentheses).
+sigmoid| (medians; min in parentheses). ``--bf16`` adds the fast model under CPU bf16 autocast
+(what ``precision="bf16"`` runs) to the printed timings and the JSON, with its own max |Δ sigmoid|
+(not in the table, which compares fp32 with fp32).
 """
 
 from __future__ import annotations
@@ -169,7 +171,17 @@ def bench(args: argparse.Namespace, official_cls, patch_order: str, model: str) 
         with torch.no_grad():
             return official(t)[-1]
 
-    runs = (("official", run_official), ("exact", exact), ("fast", fast))
+    runs = [("official", run_official), ("exact", exact), ("fast", fast)]
+    if args.bf16:
+        from birefnet_core.plan import resolve_precision
+
+        bf16 = resolve_precision("bf16", "cpu")
+
+        def run_fast_bf16(t):
+            with bf16.autocast():  # what precision="bf16" runs on a CPU
+                return fast(t)
+
+        runs.append(("fast_bf16", run_fast_bf16))
     times = {mode: [] for mode, _ in runs}
     first = {}
     outputs = {}
@@ -189,7 +201,7 @@ def bench(args: argparse.Namespace, official_cls, patch_order: str, model: str) 
             diffs = {mode: {"max_dsigmoid": (outputs[mode].sigmoid() - ref.sigmoid())
                             .abs().max().item(),
                             "max_dlogit": (outputs[mode] - ref).abs().max().item()}
-                     for mode in ("exact", "fast")}
+                     for mode in outputs if mode != "official"}
             sig = ref.sigmoid()
             logit_stats = {"logit_std": ref.std().item(), "logit_absmax": ref.abs().max().item(),
                            "frac_sigmoid_in_0.01_0.99": ((sig > 0.01) & (sig < 0.99))
@@ -201,7 +213,8 @@ def bench(args: argparse.Namespace, official_cls, patch_order: str, model: str) 
                 f"|max| {logit_stats['logit_absmax']:.3g}, "
                 f"{logit_stats['frac_sigmoid_in_0.01_0.99']:.0%} of sigmoid in (0.01, 0.99))",
                 flush=True)
-            if any(d["max_dsigmoid"] > args.tolerance for d in diffs.values()):
+            if any(d["max_dsigmoid"] > args.tolerance for m, d in diffs.items()
+                   if m != "fast_bf16"):
                 print(f"  WARNING: {model} differs from the official output by more than "
                       f"{args.tolerance:g}", flush=True)
     med = {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
@@ -214,6 +227,8 @@ def bench(args: argparse.Namespace, official_cls, patch_order: str, model: str) 
             "exact_over_official": med["exact"] / med["official"],
             "fast_over_official_min": low["fast"] / low["official"],
             "exact_over_official_min": low["exact"] / low["official"],
+            **({"fast_bf16_over_official": med["fast_bf16"] / med["official"]}
+               if "fast_bf16" in med else {}),
             "check": diffs, **logit_stats}
 
 
@@ -246,6 +261,9 @@ def main() -> None:
                         help="ours; auto: the one the official checkout's decoder uses")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="max |Δ sigmoid| above which a warning is printed")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the fast model under CPU bf16 autocast (precision=bf16; "
+                             "not the fp32 comparison of issue 16, a separate row)")
     args = parser.parse_args()
     if args.size % 32:
         parser.error("--size must be a multiple of 32")
@@ -270,11 +288,14 @@ def main() -> None:
         med, low = r["median_ms"], r["min_ms"]
         print(f"  {model:7s} official {med['official']:9.0f} ms  exact {med['exact']:9.0f} ms  "
               f"fast {med['fast']:9.0f} ms  fast/official {r['fast_over_official']:.3f}  "
-              f"exact/official {r['exact_over_official']:.3f}", flush=True)
+              f"exact/official {r['exact_over_official']:.3f}"
+              + (f"  fast bf16 {med['fast_bf16']:.0f} ms, /official "
+                 f"{r['fast_bf16_over_official']:.3f}" if "fast_bf16" in med else ""),
+              flush=True)
         print(f"          all timings (ms): {r['times_ms']}; first call (ms): "
               + ", ".join(f"{m} {t:.0f}" for m, t in r["first_ms"].items()), flush=True)
         print(json.dumps(r), flush=True)
-        worst = max(d["max_dsigmoid"] for d in r["check"].values())
+        worst = max(d["max_dsigmoid"] for m, d in r["check"].items() if m != "fast_bf16")
         rows.append(f"| {model} | {_ms(med['official'], low['official'])} | "
                     f"{_ms(med['exact'], low['exact'])} | {_ms(med['fast'], low['fast'])} | "
                     f"**{r['fast_over_official']:.3f}** ({r['fast_over_official_min']:.3f}) | "

@@ -60,7 +60,7 @@ _SHARPEN_AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 _SHARPEN = 2.0
 # A mask that was not upsampled is refined only if the fitted sharpening brings it this much
 # closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
-# soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, "not downscaled").
+# soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, item 6).
 _ACT_BELOW = 0.45
 
 
@@ -117,8 +117,9 @@ def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
     unsharpened mask (1 where no pixel has colour evidence; then ``a`` is :data:`_SHARPEN`).
     """
     detail = prior - blur
-    res = torch.stack([((prior + a * detail).clamp_(0, 1).sub_(est).square_().mul_(weight))
-                       .sum((1, 2, 3), dtype=solve_dtype(prior.device)) for a in _SHARPEN_AMOUNTS], 1)
+    acc = solve_dtype(prior.device)
+    res = torch.stack([(prior + a * detail).clamp_(0, 1).sub_(est).square_().mul_(weight)
+                       .sum((1, 2, 3), dtype=acc) for a in _SHARPEN_AMOUNTS], 1)
     if groups is not None:
         res = res.new_zeros(n_groups, res.shape[1]).index_add_(0, groups, res)
     best = res.argmin(1)
