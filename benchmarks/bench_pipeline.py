@@ -11,7 +11,8 @@ blur, bilinear back) and:
 * alpha: band SAD (band = 0 < a < 1 dilated 4 px) of the upsampled mask, and of the project's
   ``guided`` and ``matting`` (closed-form matting on the band) refinements as ratios to it;
 * colour: :func:`matting_protocol.colour_error` of the project's ``estimate_foreground``
-  (now, and the previous version: ``alpha_error=0, alpha_outlier=0``, radii (4, 2)) as
+  (now, told the working size for the degraded mask as Composite reads it from Segment's
+  mask; and the previous version: ``alpha_error=0, alpha_outlier=0``, radii (4, 2)) as
   ratios to the official
   blur-fusion (windows 90 and 6 px), with the degraded mask, the ``guided`` mask, and (one row
   per case) the true alpha;
@@ -44,9 +45,11 @@ def _bf(img, a):
     return FG.blur_fusion_foreground(img, a)[0]
 
 
-def colour_ratios(img, f, au, a):
+def colour_ratios(img, f, au, a, working_size=None):
+    """Now / before / blur-fusion error; ``working_size``: the segmenter's, which Composite
+    reads from Segment's mask (now only: the windows widen where it was upsampled > 2x)."""
     e_bf = colour_error(_bf(img, au), f, au, a)
-    return (colour_error(_fg(img, au), f, au, a) / e_bf,
+    return (colour_error(_fg(img, au, working_size=working_size), f, au, a) / e_bf,
             colour_error(_fg(img, au, **OLD), f, au, a) / e_bf, e_bf)
 
 
@@ -81,7 +84,7 @@ def quality(matting: Path, names=None, working_sizes=(1024, 512)):
                     sad = {m: alpha_metrics(ref[m], a, band)["sad_band"] / base for m in ref}
                     key = "sad_down" if scale > 1 else "sad_up"
                     worst[key] = max(worst[key], sad["guided"])
-                    now, before, e_bf = colour_ratios(img, f, ad, a)
+                    now, before, e_bf = colour_ratios(img, f, ad, a, ws)
                     worst["degraded"] = max(worst["degraded"], now)
                     rg = ref["guided"]
                     now_r = colour_error(_fg(img, rg), f, rg, a) / colour_error(_bf(img, rg), f,

@@ -19,6 +19,7 @@ import torch
 from .errors import InputError
 from .foreground import FOREGROUND_METHODS, despill, estimate_foreground
 from .layout import _resize, fit_masks, images_to_bchw, masks_to_b1hw
+from .refine import working_size_of
 
 __all__ = [
     "parse_hex_color",
@@ -116,7 +117,8 @@ def _upsampled_window(x: torch.Tensor, scaled: tuple[int, int], start: tuple[int
 
 def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
               fit: str = "cover", output_alpha: bool = False, foreground: str = "multilevel",
-              despill_strength: float = 0.0, return_foreground: bool = False):
+              despill_strength: float = 0.0, return_foreground: bool = False,
+              working_size=None):
     """Put the masked foreground of ``image`` over a new background.
 
     Args:
@@ -131,6 +133,9 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
             the edges (no halo of the old background); ``"none"`` uses the image's colours.
         despill_strength: 0..1, remove the old background's colour cast at the edges.
         return_foreground: also return the estimated straight foreground ``[B,H,W,3]``.
+        working_size: the size the mask was predicted at (for the foreground estimate's
+            windows, :func:`~.foreground.estimate_foreground`); default: the size the
+            segmentation recorded on ``mask`` (:func:`~.refine.working_size_of`), if any.
 
     >>> out = composite(torch.rand(1, 4, 4, 3), torch.ones(4, 4), "#00FF0080", output_alpha=True)
     >>> out.shape, out[..., 3].min().item()
@@ -147,7 +152,10 @@ def composite(image: torch.Tensor, mask: torch.Tensor, background="transparent",
     if foreground == "none":
         fg, old_bg = rgb, rgb
     else:
-        fg, old_bg = estimate_foreground(rgb, alpha, method=foreground)
+        if working_size is None:
+            working_size = working_size_of(mask)
+        fg, old_bg = estimate_foreground(rgb, alpha, method=foreground,
+                                         working_size=working_size)
     if despill_strength > 0:
         fg = despill(fg, alpha, old_bg, despill_strength)
     del old_bg  # (frame-sized)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
                       gaussian_blur, guided_filter, inner_box_means, scatter_tiles, solve_dtype)
-from .layout import _resize, images_to_bchw, masks_to_b1hw
+from .layout import _resize, images_to_bchw, masks_to_b1hw, upsampling_factor
 from .matting import _band_matting, _tile_budget
 
 __all__ = [
@@ -31,19 +31,6 @@ __all__ = [
 ]
 
 EDGE_MODES = ("none", "guided", "matting")
-
-
-def _scale_factor(size: tuple[int, int], working_size) -> float:
-    """How much the mask was upsampled: image side / working side (the larger axis ratio)."""
-    if working_size is None:
-        return 1.0
-    if isinstance(working_size, (int, float)):
-        wh = ww = float(working_size)
-    else:
-        wh, ww = (float(v) for v in working_size)
-    if not (0 < wh < math.inf and 0 < ww < math.inf):
-        raise InputError(f"working_size must be positive and finite, got {working_size!r}.")
-    return max(size[0] / wh, size[1] / ww)
 
 
 # Radii (in working-size pixels) of the local colour statistics, finest first.
@@ -313,7 +300,7 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
         return mask
     # Not upsampled (scale <= 1): work at the image's pixels, and only on the frames whose
     # mask is measurably softer than the image's edges (the sharpening fit's gain).
-    scale = _scale_factor((h, w), working_size)
+    scale = upsampling_factor((h, w), working_size)
     upsampled, scale = scale > 1.0, max(1.0, scale)
     prior = m4.clamp(0, 1)
     # The uncertain band (0.1 < prior < 0.9 at the working size), widened by about one

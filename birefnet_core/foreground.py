@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .filters import Tiles, band_tiles, box_mean, gather_tiles
 from .filters import box_sum_valid as _window_sum
-from .layout import _resize, check_finite
+from .layout import _resize, check_finite, upsampling_factor
 
 __all__ = [
     "blur_fusion_foreground",
@@ -254,7 +254,7 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
                         alpha_error: float = ALPHA_ERROR,
                         alpha_outlier: float = ALPHA_OUTLIER,
                         tile: int = 64, max_band_fraction: float = 0.4,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        working_size=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight foreground colours F (and background B) with ``image ~ a F + (1 - a) B``.
 
     ``"multilevel"``: coarse-to-fine estimation (F and B smooth where alpha is smooth, solved per
@@ -271,7 +271,10 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
     colour as its foreground (a green rim over a green screen). ``alpha_outlier`` adds, per
     pixel, the alpha error the pixel's own colour implies beyond ``alpha_outlier`` x what the
     local colour variances explain. ``alpha_error=0, alpha_outlier=0`` trusts ``alpha``
-    fully (the pre-issue-17 behaviour with ``local_radii=(4, 2)``).
+    fully (the pre-issue-17 behaviour with ``local_radii=(4, 2)``). ``working_size`` (int
+    side or ``(H, W)``, None = unknown): the size the mask was predicted at; where it was
+    upsampled more than 2x, the local radii grow by ``upsampling / 2`` (its blur spans that
+    many more pixels, and windows narrower than it see neither side of the edge).
     The passes are skipped when the band's tiles cover more than ``max_band_fraction`` of the
     image (a heavily feathered mask), to bound the cost. Outside the band the full-size
     work is a handful of elementwise operations, done in row chunks together with the
@@ -319,6 +322,8 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
         fg, bg = _multilevel_level(img_l, a_l, fg, bg, iters, regularization, gradient_weight)
     if tuple(fg.shape[-2:]) != (H, W):
         fg, bg = _upsample_and_correct(image, alpha, fg, bg, final_weight)
+    grow = max(1.0, upsampling_factor((H, W), working_size) / 2)
+    local_radii = tuple(max(1, round(int(r) * grow)) for r in local_radii)
     if local_radii:
         # Full-resolution passes in the band only (where 0 < a < 1): gather the tiles that
         # touch it with a halo wide enough for every pass, so the result is exact there.

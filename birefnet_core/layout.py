@@ -13,6 +13,7 @@ image or a 3-pixel-high image means the same to every node.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -28,10 +29,29 @@ __all__ = [
     "broadcast_batch",
     "fit_masks",
     "join_alpha",
+    "upsampling_factor",
 ]
 
 _CHANNELS = (1, 3, 4)
 _PEAK = 1.5  # a float frame above this is 0..255 data; a little overshoot is tolerated
+
+
+def upsampling_factor(size: tuple[int, int], working_size) -> float:
+    """How much a mask predicted at ``working_size`` (int side or ``(H, W)``; None: full
+    detail, 1.0) was upsampled to ``size`` ``(H, W)``: the larger axis ratio.
+
+    >>> upsampling_factor((2048, 1024), 1024), upsampling_factor((500, 800), (1024, 1024))
+    (2.0, 0.78125)
+    """
+    if working_size is None:
+        return 1.0
+    if isinstance(working_size, (int, float)):
+        wh = ww = float(working_size)
+    else:
+        wh, ww = (float(v) for v in working_size)
+    if not (0 < wh < math.inf and 0 < ww < math.inf):
+        raise InputError(f"working_size must be positive and finite, got {working_size!r}.")
+    return max(size[0] / wh, size[1] / ww)
 
 
 def check_finite(t: torch.Tensor, name: str = "mask") -> torch.Tensor:
