@@ -306,12 +306,15 @@ class ChunkSmoother:
 def video_chunks(frames: Iterable, segmenter: Callable, spec: JobSpec,
                  keep: Optional[tuple[int, int]] = None) -> Iterator[tuple[object, object]]:
     """``[H,W,3]`` uint8 frames -> ``(images [k,H,W,3], masks [k,H,W])`` chunks, smoothed
-    across chunk borders when ``spec.smooth`` is set. ``keep``: ``(first, stop)`` positions
+    across chunk borders when ``spec.smooth`` is set (the masks keep the segmenter's
+    working-size tag). ``keep``: ``(first, stop)`` positions
     (counted in ``frames``) of the frames to yield; the others are context for smoothing."""
+    from ..refine import tag_working_size, working_size_of
     from .sources import chunk_frames
 
     smoother = ChunkSmoother(spec)
     position = 0
+    working = None  # the segmenter's working size, re-attached after smoothing and slicing
 
     def emit(images, masks):
         nonlocal position
@@ -322,11 +325,12 @@ def video_chunks(frames: Iterable, segmenter: Callable, spec: JobSpec,
             if hi <= lo:
                 return
             images, masks = images[lo:hi], masks[lo:hi]
-        yield images, masks
+        yield images, masks if working is None else tag_working_size(masks, working)
 
     for _, images in chunk_frames(((None, f) for f in frames), spec.chunk_bytes,
                                   spec.max_frames):
         masks = segmenter(images)
+        working = working_size_of(masks) or working
         for out in smoother.push(images, masks):
             yield from emit(*out)
         del images, masks

@@ -79,6 +79,8 @@ class _Run:
 
     # -- images ---------------------------------------------------------------------------------
     def images(self, jobs: Sequence[Job]) -> None:
+        from ..refine import working_size_of
+
         spec = self.spec
         t_read = time.perf_counter()
 
@@ -94,11 +96,12 @@ class _Run:
                     self.fail(job, str(exc))
                 continue
             shared = (time.perf_counter() - t_read) / len(group)  # reading + the model
+            working = working_size_of(masks)
             for i, job in enumerate(group):
                 t1 = time.perf_counter()
                 try:
                     frame = render(spec.output, images[i:i + 1], masks[i:i + 1],
-                                   spec.background, spec.estimate_foreground)[0]
+                                   spec.background, spec.estimate_foreground, working)[0]
                     save_png(frame, job.target)
                     del frame
                 except BiRefNetError as exc:
@@ -114,6 +117,7 @@ class _Run:
 
     # -- videos ---------------------------------------------------------------------------------
     def video(self, job: Job) -> None:
+        from ..refine import working_size_of
         from .video import VideoWriter, probe, read_frames, video_errors
 
         spec = self.spec
@@ -126,9 +130,11 @@ class _Run:
             if fmt == "png":
                 with atomic_folder(job.target) as folder:
                     for images, masks in chunks:
+                        working = working_size_of(masks)
                         for i in range(images.shape[0]):
                             frame = render(spec.output, images[i:i + 1], masks[i:i + 1],
-                                           spec.background, spec.estimate_foreground)[0]
+                                           spec.background, spec.estimate_foreground,
+                                           working)[0]
                             save_png(frame, folder / frame_name(written))
                             written += 1
                         self.advance(images.shape[0])
@@ -141,10 +147,11 @@ class _Run:
                                          on_note=self.events.note)
                     try:
                         for images, masks in chunks:
+                            working = working_size_of(masks)
                             for i in range(images.shape[0]):
                                 writer.write(render(spec.output, images[i:i + 1],
                                                     masks[i:i + 1], spec.background,
-                                                    spec.estimate_foreground))
+                                                    spec.estimate_foreground, working))
                                 written += 1
                             self.advance(images.shape[0])
                         if not written:

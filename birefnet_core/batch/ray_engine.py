@@ -313,8 +313,11 @@ class _Predict:
                 pass
             else:
                 os._exit(1)  # a crash mid-job (the tests' fault injection)
+        from ..refine import working_size_of
+
         rows = len(batch["job"])
         masks = [np.zeros((0, 1, 1), np.float32)] * rows
+        working = np.zeros((rows, 2), np.int64)  # (H, W) the masks were predicted at; 0: unknown
         errors = np.array(batch["error"], dtype=object)  # (writable copies)
         seconds = np.array(batch["seconds"], dtype=np.float64)
         # Rows of one frame size are segmented together (the model batches them).
@@ -329,19 +332,22 @@ class _Predict:
             images = torch.from_numpy(np.concatenate([batch["frames"][i] for i in members]))
             # (np.concatenate copies: the tensor is writable)
             try:
-                out = self.segmenter(images.float().div_(255.0)).numpy()
+                out = self.segmenter(images.float().div_(255.0))
             except BiRefNetError as exc:
                 for i in members:
                     errors[i] = str(exc)
                 continue
+            size, out = working_size_of(out), out.numpy()
             per_frame = (time.perf_counter() - t0) / max(len(out), 1)
             at = 0
             for i in members:
                 n = batch["frames"][i].shape[0]
                 masks[i] = out[at:at + n]
+                working[i] = size or (0, 0)
                 seconds[i] += per_frame * n
                 at += n
         batch["masks"] = np.array(masks + [None], dtype=object)[:-1]
+        batch["working"] = working
         batch["error"], batch["seconds"] = errors, seconds
         return batch
 
@@ -374,7 +380,7 @@ class _Write:
             if not error:
                 try:
                     self._write(self.jobs[j], first, count, int(batch["keep_from"][i]),
-                                batch["frames"][i], batch["masks"][i])
+                                batch["frames"][i], batch["masks"][i], batch["working"][i])
                 except BiRefNetError as exc:
                     error = str(exc)
                 except OSError as exc:
@@ -386,7 +392,8 @@ class _Write:
         return {k: np.array(v, dtype=object if k == "error" else None)
                 for k, v in results.items()}
 
-    def _write(self, job: dict, first: int, count: int, keep_from: int, frames, masks) -> None:
+    def _write(self, job: dict, first: int, count: int, keep_from: int, frames, masks,
+               working) -> None:
         import torch
 
         spec = self.spec
@@ -399,10 +406,11 @@ class _Write:
                                     window=spec.smooth_window, cut_threshold=spec.cut_threshold,
                                     frames=images)
         images, masks = images[keep_from:keep_from + count], masks[keep_from:keep_from + count]
+        size = tuple(int(v) for v in working) if int(working[0]) > 0 else None
 
         def frame(k):
             return render(spec.output, images[k:k + 1], masks[k:k + 1], spec.background,
-                          spec.estimate_foreground)[0]
+                          spec.estimate_foreground, size)[0]
 
         if job["kind"] == "image":
             self.store.write_bytes(job["target"], png_bytes(frame(0)))

@@ -20,17 +20,21 @@ from ..atomic import TEMPORARY_SUFFIX, atomic_write
 OUTPUTS = ("rgba", "mask", "composite")
 
 
-def render(kind: str, images, masks, background=None, estimate_foreground: bool = True):
+def render(kind: str, images, masks, background=None, estimate_foreground: bool = True,
+           working_size=None):
     """The output frames for ``kind``: rgba ``[k,H,W,4]`` (straight alpha), mask ``[k,H,W]``
-    (1 = foreground) or composite ``[k,H,W,3]`` over ``background``."""
+    (1 = foreground) or composite ``[k,H,W,3]`` over ``background``. ``working_size``: the
+    size the masks were predicted at (the foreground estimate's windows, as Composite reads
+    it from Segment's mask)."""
     if kind == "mask":
         return masks
     from ..composite import composite
 
     method = "multilevel" if estimate_foreground else "none"
     if kind == "rgba":
-        return composite(images, masks, "transparent", output_alpha=True, foreground=method)
-    return composite(images, masks, background, foreground=method)
+        return composite(images, masks, "transparent", output_alpha=True, foreground=method,
+                         working_size=working_size)
+    return composite(images, masks, background, foreground=method, working_size=working_size)
 
 
 def to_uint8(frames):
