@@ -16,6 +16,10 @@
 * ``issue17_not_downscaled.png``: the synthetic portrait at 1536 px over the beach, its mask
   predicted at 2048^2 (not upsampled) with a sigma-2 blur: true alpha | mask (before: returned
   unchanged) | now | 5 x |mask - true| | 5 x |now - true|.
+* ``issue17_wide_windows.png``: the flat blue-over-green edge at 256 px with the mask of a 64^2
+  segmenter at sigma 2 (upsampled 4x), composited over grey (6x): exact | foreground
+  estimated with the default windows | with the windows widened by the working size (what
+  Composite does with Segment's mask) | official blur-fusion.
 """
 
 from __future__ import annotations
@@ -138,8 +142,29 @@ def sharpening() -> None:
            [[a[sl], ad[sl], now[sl], (5 * (ad - a).abs())[sl], (5 * (now - a).abs())[sl]]], 3)
 
 
+def wide_windows() -> None:
+    n, ws = 256, 64
+    yy, xx = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+    a = ((xx - 0.3 * yy - n / 3).clamp(-0.5, 0.5) + 0.5)[None, None].float()
+    f = torch.tensor([0.15, 0.2, 0.45]).view(1, 3, 1, 1).expand(1, 3, n, n)
+    green = torch.tensor([0.1, 0.75, 0.2]).view(1, 3, 1, 1)
+    grey = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
+    img = a * f + (1 - a) * green
+    ad = degrade(a, ws, 2.0, blur="gaussian")
+    default = FG.estimate_foreground(img, ad)[0]
+    wide = FG.estimate_foreground(img, ad, working_size=ws)[0]
+    bf = FG.blur_fusion_foreground(img, ad)[0]
+    comp = lambda fg, al: al * fg + (1 - al) * grey  # noqa: E731
+    y = n // 2
+    x = int(n / 3 + 0.3 * y)
+    sl = (Ellipsis, slice(y - 24, y + 24), slice(x - 24, x + 24))
+    _tiles(OUT / "issue17_wide_windows.png",
+           [comp(f, a)[sl], comp(default, ad)[sl], comp(wide, ad)[sl], comp(bf, ad)[sl]], 6)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     green_rim()
     square_blocks()
     sharpening()
+    wide_windows()
