@@ -12,7 +12,10 @@ On the device (default ``cuda``) it
    ≤ 1e-4, TF32 off), and fp16 / bf16 autocast against fp32 on the device (reported);
 3. measures latency at batch 1 and throughput at batch 4 and 16 for lite and Swin-L (random
    weights, 1024²) in exact, optimised and compiled modes, with peak device memory;
-4. lists the kernels :mod:`birefnet_core.kernels` chose, with the timings of every candidate.
+4. lists the kernels :mod:`birefnet_core.kernels` chose, with the timings of every candidate;
+5. times the post-processing on the device at 2048² (a mask predicted at 1024², soft edges):
+   ``refine_edges`` (``guided`` and ``matting``) and ``estimate_foreground``, one frame and a
+   batch of 8 (video frames).
 
 It writes one JSON (``--out``, default ``benchmarks/gpu_check.json``) and prints one markdown
 report (also written beside the JSON as ``.md``). A global time budget (``--budget``, default
@@ -263,6 +266,58 @@ def speed_of_mode(exact, model_name: str, mode: str, device: torch.device, dtype
     return rows
 
 
+def postprocess(device: torch.device, args, budget: Budget) -> list[dict]:
+    """Median times of the mask post-processing on the device: a synthetic frame (a disc with
+    a soft, wavy rim over a textured background) at ``args.post_size``², its mask degraded as a
+    segmenter at half that size gives it (squash, blur, bilinear back)."""
+    from benchmarks.matting_protocol import degrade
+    from birefnet_core.edges import refine_edges
+    from birefnet_core.foreground import estimate_foreground
+
+    n, ws = args.post_size, args.post_size // 2
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    radius = (xx ** 2 + yy ** 2).sqrt() + 0.03 * torch.sin(40 * torch.atan2(yy, xx))
+    alpha = ((0.6 - radius) * n / 8).sigmoid()[None, None]
+    fg = torch.tensor([0.8, 0.5, 0.3]).view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, n, n,
+                                                                         generator=g)
+    bg = torch.tensor([0.2, 0.6, 0.3]).view(1, 3, 1, 1) + 0.1 * torch.rand(1, 3, n, n,
+                                                                        generator=g)
+    image = (alpha * fg + (1 - alpha) * bg).clamp(0, 1)
+    mask = degrade(alpha, ws, 1.0, blur="gaussian")
+    rows = []
+    for batch in (1, 8):
+        img = image.expand(batch, -1, -1, -1).contiguous().to(device)
+        m = mask.expand(batch, -1, -1, -1).contiguous().to(device)
+        guide = img.permute(0, 2, 3, 1)
+        for op, run in (("refine guided", lambda: refine_edges(m, guide, ws, "guided")),
+                        ("refine matting", lambda: refine_edges(m, guide, ws, "matting")),
+                        ("estimate_foreground", lambda: estimate_foreground(img, m,
+                                                                            working_size=ws))):
+            row = {"op": op, "size": n, "working_size": ws, "batch": batch}
+            if not budget.allows(args.min_section_s / 2):
+                rows.append({**row, "status": "skipped: time budget"})
+                continue
+            try:
+                times = []
+                warmup = min(args.warmup, 1)  # (each call is a whole frame's work)
+                for i in range(warmup + max(1, min(3, args.iters))):
+                    sync(device)
+                    start = time.perf_counter()
+                    run()
+                    sync(device)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - start)
+                row["median_ms"] = round(statistics.median(times) * 1e3, 2)
+                row["ms_per_frame"] = round(row["median_ms"] / batch, 2)
+            except torch.OutOfMemoryError:
+                row["status"] = "out of memory"
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            rows.append(row)
+    return rows
+
+
 def targets(rows: list[dict], device_name: str) -> list[dict]:
     out = []
     for (model, metric), (cmp, value) in TARGETS.items():
@@ -321,6 +376,12 @@ def markdown(result: dict) -> str:
     for c in result.get("kernels", []):
         times = ", ".join(f"{k} {v:.3f}" for k, v in c["times_ms"].items())
         lines.append(f"| {c['op']} | {c['key']} | {c['chosen']} | {c['source']} | {times} |")
+    lines += ["", "| post-processing | size | working size | batch | median ms | ms / frame | "
+              "note |", "|---|---|---|---|---|---|---|"]
+    for r in result.get("postprocess", []):
+        lines.append(f"| {r['op']} | {r['size']} | {r['working_size']} | {r['batch']} | "
+                     f"{r.get('median_ms', '')} | {r.get('ms_per_frame', '')} | "
+                     f"{r.get('status', '')} |")
     lines += ["", f"Total {result['seconds']} s (budget {result['budget_s']} s)."]
     return "\n".join(lines) + "\n"
 
@@ -340,6 +401,8 @@ def main(argv=None) -> int:
     parser.add_argument("--speed-dtype", default="fp16", choices=list(DTYPES))
     parser.add_argument("--fidelity-dtypes", nargs="+", default=["fp16", "bf16"],
                         choices=list(DTYPES))
+    parser.add_argument("--post-size", type=int, default=2048,
+                        help="frame side for the post-processing timings")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--compile-backend", default="inductor")
@@ -350,6 +413,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         args.device = args.device or "cpu"
         args.size, args.batches, args.warmup, args.iters = 64, [1, 2], 0, 1
+        args.post_size = 128
         args.speed_dtype, args.fidelity_dtypes = "fp32", ["bf16"]
         args.compile_backend, args.min_section_s = "eager", 0.0
         if args.models == list(MODELS):
@@ -370,6 +434,8 @@ def main(argv=None) -> int:
                           if budget.allows(args.min_section_s) else
                           {"status": "skipped: time budget"})
     print(f"fidelity: {result['fidelity']['status']}", flush=True)
+    # Before the model speed: short, and not to be cut by the compiled modes' budget.
+    result["postprocess"] = postprocess(device, args, budget)
     result["speed"] = speed(device, args, budget)
     result["targets"] = targets(result["speed"], result["environment"]["device"])
     result["kernels"] = kernels.choices()

@@ -33,5 +33,9 @@ def test_dry_run_end_to_end(tmp_path, fixtures_dir):
     assert modes == {(m, b) for m in ("exact", "optimised", "compiled") for b in (1, 2)}
     assert {c["op"] for c in result["kernels"]} >= {"deform_conv", "linear", "swin_block"}
     assert {t["metric"] for t in result["targets"]} >= {"latency_ms_batch1"}
+    post = {(r["op"], r["batch"]) for r in result["postprocess"] if "median_ms" in r}
+    assert post == {(op, b) for op in ("refine guided", "refine matting", "estimate_foreground")
+                    for b in (1, 8)}
     table = out.with_suffix(".md").read_text()
     assert table in proc.stdout and "| lite | optimised | fp32 | 64 | 1 |" in table
+    assert "| refine guided | 128 | 64 | 8 |" in table
