@@ -323,18 +323,19 @@ def estimate_foreground(image: torch.Tensor, alpha: torch.Tensor, method: str = 
     if tuple(fg.shape[-2:]) != (H, W):
         fg, bg = _upsample_and_correct(image, alpha, fg, bg, final_weight)
     grow = max(1.0, upsampling_factor((H, W), working_size) / 2)
-    local_radii = tuple(max(1, round(int(r) * grow)) for r in local_radii)
+    # (grow >= 1: a radius is never shrunk, and 0 stays 0 as before)
+    local_radii = tuple(round(int(r) * grow) for r in local_radii)
     if local_radii:
         # Full-resolution passes in the band only (where 0 < a < 1): gather the tiles that
         # touch it with a halo wide enough for every pass, so the result is exact there.
         band = (alpha > 0.5 / 255) & (alpha < 254.5 / 255)
-        tiles = band_tiles(band, tile, halo=sum(int(r) for r in local_radii))
+        tiles = band_tiles(band, tile, halo=sum(local_radii))
         # A very wide band (a heavily feathered mask) would cost several times the rest: the
         # passes are for mattes whose soft part is a thin band; keep the coarse result there.
         # (small images are always cheap enough.)
         covered = len(tiles) * tile * tile
         if len(tiles) and covered <= max(max_band_fraction * alpha.shape[0] * H * W, 2 ** 18):
-            _band_passes_inplace(image, alpha, fg, bg, tiles, tuple(int(r) for r in local_radii),
+            _band_passes_inplace(image, alpha, fg, bg, tiles, local_radii,
                                  local_noise, float(alpha_error), float(alpha_outlier))
     return fg, bg
 
