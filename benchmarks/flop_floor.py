@@ -64,7 +64,6 @@ KINDS = {
 COUNTED = {
     "_linear_pointwise": KINDS["mkldnn::_linear_pointwise"],
     "convolution": KINDS["aten::mkldnn_convolution"],
-    "addmm": None,  # split below: in-place addmm_ is the deformable GEMM
     "mm": KINDS["aten::mm"],
     "bmm": KINDS["aten::bmm"],
     "_scaled_dot_product_flash_attention_for_cpu":
@@ -80,7 +79,7 @@ def count_flops(net, x) -> dict[str, float]:
     for op, n in counter.get_flop_counts()["Global"].items():
         name = str(op).split(".")[-1]
         if name == "addmm":
-            continue  # counted from the profiler's shapes below (in-place vs out-of-place)
+            continue  # from the profiler's shapes instead: in-place addmm_ is the deformable GEMM
         kind = COUNTED.get(name)
         if kind is None:
             raise RuntimeError(f"no kind for counted op {op}")
