@@ -104,8 +104,9 @@ def _upsampled_window(x: torch.Tensor, scaled: tuple[int, int], start: tuple[int
     for dim, n_out, first, n in ((-2, scaled[0], start[0], size[0]),
                                  (-1, scaled[1], start[1], size[1])):
         n_in = x.shape[dim]
-        # Source position of each output pixel, as F.interpolate (align_corners=False) maps it.
-        src = ((torch.arange(first, first + n, dtype=torch.float64, device=x.device) + 0.5)
+        # Source position of each output pixel, as F.interpolate (align_corners=False) maps it,
+        # in float32 as it does (closer to it than float64, and MPS has no float64).
+        src = ((torch.arange(first, first + n, dtype=torch.float32, device=x.device) + 0.5)
                * (n_in / n_out) - 0.5).clamp(min=0)
         i0 = src.floor().long().clamp(max=n_in - 1)
         i1 = (i0 + 1).clamp(max=n_in - 1)

@@ -210,10 +210,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         radii = [max(1, round(k * scale)) for k in factors]
         chans = _fb_channels(guide, prior, lo, hi)
         pad = max(radii)
-        # Valid box sums for all radii (float64: exact enough for a whole image).
-        means = [m.to(chans.dtype) for m in
-                 inner_box_means(F.pad(chans.double(), (pad,) * 4, mode="replicate"), radii,
-                                  pad)]
+        # Valid box sums for all radii (float64 where the device has it: exact enough for a
+        # whole image).
+        wide = F.pad(chans.to(solve_dtype(chans.device)), (pad,) * 4, mode="replicate")
+        means = [m.to(chans.dtype) for m in inner_box_means(wide, radii, pad)]
         est, weight = _colour_estimate(guide, *_lda_coeffs(*_fb_model(means, min_count)))
         blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
     sharp, gain = _fit_sharpening(prior, blur, est, weight * band)

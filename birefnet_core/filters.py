@@ -25,6 +25,7 @@ __all__ = [
     "guided_filter",
     "guided_filter_coeffs",
     "solve_dtype",
+    "has_float64",
     "dilate",
     "erode",
     "connected_components",
@@ -295,6 +296,11 @@ def _inv3_sym(a11, a12, a13, a22, a23, a33):
             c22 * inv_det, c23 * inv_det, c33 * inv_det)
 
 
+def has_float64(device) -> bool:
+    """Whether tensors on ``device`` can be float64 (MPS: no)."""
+    return torch.device(device).type != "mps"
+
+
 def solve_dtype(device: torch.device) -> torch.dtype:
     """The dtype of the small per-pixel linear solves: float64 where the device has it.
 
@@ -303,7 +309,7 @@ def solve_dtype(device: torch.device) -> torch.dtype:
     while staying finite, and the box mean of the coefficients spreads each over a whole
     ``(2r+1)^2`` square (blocks of inverted alpha). MPS has no float64.
     """
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+    return torch.float64 if has_float64(device) else torch.float32
 
 
 def _colour_moments(guide: torch.Tensor, radius: int, eps: float, box=None):

@@ -196,7 +196,8 @@ def _upsample_and_correct(image, alpha, fg_s, bg_s, final_weight, chunk_pixels=1
     # with align_corners=False computes them.
     hs = F.interpolate(torch.cat([fg_s, bg_s], 1), size=(h, W), mode="bilinear",
                        align_corners=False)
-    src = ((torch.arange(H, device=image.device, dtype=torch.float64) + 0.5) * (h / H)
+    # Source rows in float32, as F.interpolate computes them (and MPS has no float64).
+    src = ((torch.arange(H, device=image.device, dtype=torch.float32) + 0.5) * (h / H)
            - 0.5).clamp(min=0)
     i0 = src.floor().long().clamp(max=h - 1)
     i1 = (i0 + 1).clamp(max=h - 1)

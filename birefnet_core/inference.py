@@ -151,7 +151,8 @@ def regions_to_boxes(regions, batch: int, frame_hw: Sequence[int]) -> torch.Tens
 
 def _boxes_from_coordinates(boxes: torch.Tensor, batch: int, width: int,
                             height: int) -> torch.Tensor:
-    boxes = broadcast_batch(boxes.reshape(-1, 4).double().cpu(), batch, "region boxes")
+    # On the CPU first: a device such as MPS has no float64.
+    boxes = broadcast_batch(boxes.reshape(-1, 4).cpu().double(), batch, "region boxes")
     if not torch.isfinite(boxes).all():
         raise InputError("region boxes contain NaN or infinite coordinates")
     x0, y0, x1, y1 = boxes.unbind(1)

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .filters import has_float64
 from .fast import (CompiledBiRefNet, FastASPPDeformable, FastDecoder, FastDeformableConv2d,
                    FastSwinStage, FastSwinTransformer)
 from .model.blocks import ASPPDeformable, DeformableConv2d
@@ -144,6 +145,22 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
     state dict no longer has the official keys (norms folded, predictors fused): save the
     original weights, not this model.
     """
+    # The weight algebra (folded norms, composed convolutions) runs in float64: on a device
+    # without it (MPS) the model is rewritten on the CPU and moved back.
+    home = next(model.parameters()).device
+    if not has_float64(home):
+        model.cpu()
+    try:
+        _rewrite(model, fold_batchnorm=fold_batchnorm, fast_deform=fast_deform,
+                 channels_last=channels_last, fast_backbone=fast_backbone, fast_head=fast_head,
+                 deform_fp32_under_autocast=deform_fp32_under_autocast)
+    finally:
+        model.to(home)
+    return model
+
+
+def _rewrite(model: nn.Module, *, fold_batchnorm: bool, fast_deform: bool, channels_last: bool,
+             fast_backbone: bool, fast_head: bool, deform_fp32_under_autocast: bool) -> None:
     done = dict.fromkeys(getattr(model, "optimizations", ()))
     if fold_batchnorm:
         fold_batchnorms(model)
@@ -169,7 +186,6 @@ def optimize_for_inference(model: nn.Module, *, fold_batchnorm: bool = True,
         _replace(model, SwinStage, FastSwinStage.from_exact)
         done["fast_backbone"] = None
     model.optimizations = tuple(done)
-    return model
 
 
 def compile_for_inference(model: nn.Module, *, mode: str | None = None,
