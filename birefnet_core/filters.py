@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .layout import resize_bilinear
+
 __all__ = [
     "box_mean",
     "box_filter",
@@ -416,10 +418,8 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     g_s, p_s, r = guide, src, radius
     if subsample > 1.0:
         hs, ws = max(1, round(h / subsample)), max(1, round(w / subsample))
-        g_s = F.interpolate(guide, size=(hs, ws), mode="bilinear", align_corners=False,
-                            antialias=True)
-        p_s = F.interpolate(src, size=(hs, ws), mode="bilinear", align_corners=False,
-                            antialias=True)
+        g_s = resize_bilinear(guide, (hs, ws), antialias=True)
+        p_s = resize_bilinear(src, (hs, ws), antialias=True)
         r = max(1, round(radius / subsample))
     if where is None:
         a, b = guided_filter_coeffs(g_s.to(work), p_s.to(work), r, eps)
@@ -438,9 +438,9 @@ def _band_coeffs(guide, src, radius, eps, where, work, tile=64):
     ``tile``-px cells around ``where`` (resized to that size and widened by the one pixel that
     bilinear upsampling reads), zero elsewhere, in ``guide``'s dtype."""
     size = guide.shape[-2:]
-    near = F.interpolate(where.to(guide.dtype), size=size, mode="bilinear",
-                         align_corners=False, antialias=True) if where.shape[-2:] != size \
-        else where.to(guide.dtype)
+    near = where.to(guide.dtype)
+    if near.shape[-2:] != size:
+        near = resize_bilinear(near, size, antialias=True)
     tiles = band_tiles(dilate((near > 0).to(guide.dtype), 1) > 0, tile, 2 * radius)
     coeffs = guide.new_zeros(guide.shape[0], guide.shape[1] + 1, *size)
     if len(tiles) == 0:

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import CancelledError, InputError, OutOfMemoryError
-from .layout import broadcast_batch, check_images, images_to_bchw
+from .layout import broadcast_batch, check_images, images_to_bchw, resize_bilinear
 from .refine import tag_working_size
 from .plan import (
     DEFAULT_REGION_MARGIN,
@@ -88,8 +87,7 @@ def preprocess(images: torch.Tensor, size_wh: Sequence[int]) -> torch.Tensor:
     # One contiguous NCHW copy of the chunk: resize kernels and the model get the usual layout.
     x = images_to_bchw(images, dtype=torch.float32).contiguous()
     if tuple(x.shape[-2:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = resize_bilinear(x, (height, width), antialias=True)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -107,8 +105,7 @@ def resize_masks(masks: torch.Tensor, out_hw: Sequence[int]) -> torch.Tensor:
     out_hw = (int(out_hw[0]), int(out_hw[1]))
     masks = masks.float()
     if tuple(masks.shape[-2:]) != out_hw:
-        masks = F.interpolate(masks, size=out_hw, mode="bilinear", align_corners=False,
-                              antialias=True)
+        masks = resize_bilinear(masks, out_hw, antialias=True)
     return masks[:, 0].clamp_(0.0, 1.0)
 
 

@@ -13,6 +13,7 @@ image or a 3-pixel-high image means the same to every node.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_finite",
@@ -202,6 +205,36 @@ def join_alpha(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.cat((rgb, masks.unsqueeze(-1).to(torch.float32)), dim=-1)
 
 
+# Device types whose torch has no antialiased bilinear kernel (MPS before torch 2.7 raises
+# NotImplementedError): there those resizes run on the CPU.
+_NO_ANTIALIAS: set[str] = set()
+
+
+def resize_bilinear(x: torch.Tensor, size, antialias: bool = False) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=antialias)``
+    on any device: where the device has no antialiased kernel, that resize runs on the CPU and
+    the result comes back (noted once in the log). Every antialiased resize of the pack goes
+    through here."""
+    size = (int(size[0]), int(size[1]))
+    kind = x.device.type
+    if not (antialias and kind in _NO_ANTIALIAS):
+        try:
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                 antialias=antialias)
+        except NotImplementedError:
+            if not antialias:
+                raise
+            _NO_ANTIALIAS.add(kind)
+            logger.warning("BiRefNet: this torch has no antialiased resize on %s; those "
+                           "resizes run on the CPU (torch 2.7 or newer has it)", kind)
+    return _antialiased_on_cpu(x, size).to(x.device)
+
+
+def _antialiased_on_cpu(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x.cpu(), size=size, mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
     """``[N, C, h, w]`` resized bilinearly to ``size`` (H, W), antialiased when shrinking
     (``align_corners=False``); ``x`` itself when it has that size. The ops' internal resize
@@ -209,5 +242,4 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
-                         antialias=down)
+    return resize_bilinear(x, size, antialias=down)

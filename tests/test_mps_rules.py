@@ -1,19 +1,27 @@
-"""Apple MPS has no float64: every float64 tensor the pack makes on the images' or the model's
-device must go through ``filters.has_float64``. Emulated on the CPU: with that check answering
-"no", nothing the nodes run (segment with regions, refine, composite, foreground estimation)
-may make a float64 tensor, except host-side constants built on the CPU by construction."""
+"""What Apple MPS lacks, emulated on the CPU (no Mac runs these tests).
+
+* float64: every float64 tensor the pack makes on the images' or the model's device must go
+  through ``filters.has_float64``. With that check answering "no", nothing the nodes run
+  (segment with regions, refine, composite, foreground estimation) may make a float64 tensor,
+  except host-side constants built on the CPU by construction.
+* the antialiased bilinear kernel (MPS before torch 2.7 raises NotImplementedError): every
+  antialiased resize goes through ``layout.resize_bilinear``, which runs it on the CPU there.
+  With the CPU marked as such a device, any antialiased resize made elsewhere raises.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import traceback
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from birefnet_core import filters, optimize
+from birefnet_core import filters, layout, optimize
 from birefnet_core.composite import composite
 from birefnet_core.edges import refine_edges
 from birefnet_core.foreground import estimate_foreground
@@ -29,29 +37,43 @@ from birefnet_core.weights import build_model
 HOST_SIDE = {"_gaussian_taps", "_blur_axis", "_boxes_from_coordinates"}
 
 
-class Float64Made(TorchDispatchMode):
-    """Records ``(op, innermost pack function)`` for every op whose output is float64."""
+def _innermost_pack_frame():
+    frames = [f for f in traceback.extract_stack() if "birefnet_core" in f.filename]
+    if not frames:
+        return "<test>", "<test>"
+    f = frames[-1]
+    return f.name, f"{f.filename.split('birefnet_core')[-1]}:{f.lineno} {f.name}"
+
+
+class MPSRules(TorchDispatchMode):
+    """Records ``(op, where)`` for every op that makes a float64 tensor outside
+    :data:`HOST_SIDE`, and raises as MPS did for an antialiased resize made anywhere but the
+    CPU path of ``layout.resize_bilinear``."""
 
     def __init__(self):
         super().__init__()
         self.made = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "_upsample_bilinear2d_aa" in str(func):
+            name, where = _innermost_pack_frame()
+            if name != "_antialiased_on_cpu":
+                raise NotImplementedError(f"emulated MPS: no {func} (called at {where})")
         out = func(*args, **(kwargs or {}))
         if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64
                for t in tree_leaves(out)):
-            frames = [f for f in traceback.extract_stack() if "birefnet_core" in f.filename]
-            where = frames[-1].name if frames else "<test>"
-            if where not in HOST_SIDE:
-                self.made.add((str(func), f"{frames[-1].filename.split('birefnet_core')[-1]}:"
-                               f"{frames[-1].lineno} {where}" if frames else where))
+            name, where = _innermost_pack_frame()
+            if name not in HOST_SIDE:
+                self.made.add((str(func), where))
         return out
 
 
 @pytest.fixture
-def no_float64(monkeypatch):
+def mps_like(monkeypatch):
+    """The CPU answering as MPS does: no float64, no antialiased resize kernel."""
     monkeypatch.setattr(filters, "has_float64", lambda device: False)
     monkeypatch.setattr(optimize, "has_float64", lambda device: False)
+    monkeypatch.setattr(layout, "_NO_ANTIALIAS", {"cpu"})
     assert filters.solve_dtype("cpu") == torch.float32
 
 
@@ -60,14 +82,14 @@ def test_mps_is_the_device_without_float64():
     assert filters.has_float64("cpu") and filters.has_float64(torch.device("cuda", 0))
 
 
-def test_image_ops_make_no_float64_where_the_device_has_none(no_float64):
+def test_image_ops_on_a_device_like_mps(mps_like):
     torch.manual_seed(0)
     image = torch.rand(2, 240, 320, 3)
     small = torch.zeros(2, 60, 80)
     small[:, 15:45, 20:60] = 1
     mask = torch.nn.functional.interpolate(small[:, None], size=(240, 320), mode="bilinear",
                                            align_corners=False)[:, 0]
-    with Float64Made() as probe:
+    with MPSRules() as probe:
         composite(image, small, background="#336699")  # mask enlarged inside, by windows
         composite(image, mask, background=torch.rand(1, 100, 150, 3), despill_strength=0.5,
                   output_alpha=True)
@@ -81,13 +103,13 @@ def test_image_ops_make_no_float64_where_the_device_has_none(no_float64):
     assert probe.made == set()
 
 
-def test_segmenting_makes_no_float64_where_the_device_has_none(no_float64):
+def test_segmenting_on_a_device_like_mps(mps_like):
     torch.manual_seed(0)
     net = optimize_for_inference(build_model(Architecture("swin_v1_t")).eval())
     images = torch.rand(2, 96, 128, 3)
     region = torch.zeros(2, 96, 128)
     region[:, 20:70, 30:100] = 1
-    with Float64Made() as probe, torch.inference_mode():
+    with MPSRules() as probe, torch.inference_mode():
         predict_masks(net, images, resolution=(64, 64))
         predict_masks(net, images, resolution=(64, 64), regions=region)
         predict_masks(net, images, resolution=(64, 64),
@@ -114,3 +136,35 @@ def test_a_model_on_a_device_without_float64_is_rewritten_on_the_cpu(monkeypatch
     with torch.inference_mode():
         out, ref = model(x), reference(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_an_antialiased_resize_the_device_lacks_runs_on_the_cpu(monkeypatch, caplog):
+    """The first NotImplementedError marks the device type; that resize and every later one
+    run on the CPU (one note in the log), with the same result; other errors still raise."""
+    monkeypatch.setattr(layout, "_NO_ANTIALIAS", set())
+    real = F.interpolate
+    calls = []
+
+    def lacking_once(x, *args, **kwargs):
+        calls.append(kwargs.get("antialias"))
+        if kwargs.get("antialias") and len(calls) == 1:
+            raise NotImplementedError("The operator 'aten::_upsample_bilinear2d_aa.out' is not "
+                                      "currently implemented for the MPS device.")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", lacking_once)
+    x = torch.rand(1, 3, 37, 53)
+    expected = real(x, size=(20, 31), mode="bilinear", align_corners=False, antialias=True)
+    with caplog.at_level(logging.WARNING, logger="birefnet_core.layout"):
+        first = layout.resize_bilinear(x, (20, 31), antialias=True)
+        second = layout.resize_bilinear(x, (20, 31), antialias=True)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert calls == [True, True, True] and layout._NO_ANTIALIAS == {"cpu"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "BiRefNet: this torch has no antialiased resize on cpu; those resizes run on the CPU "
+        "(torch 2.7 or newer has it)"]
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: (_ for _ in ()).throw(
+        NotImplementedError("plain bilinear missing")))
+    with pytest.raises(NotImplementedError, match="plain bilinear"):
+        layout.resize_bilinear(x, (20, 31))
