@@ -33,6 +33,7 @@ __all__ = [
     "fit_masks",
     "join_alpha",
     "upsampling_factor",
+    "resize_bilinear",
 ]
 
 _CHANNELS = (1, 3, 4)
