@@ -17,8 +17,9 @@ On the device (default ``cuda``) it
    ``refine_edges`` (``guided`` and ``matting``) and ``estimate_foreground``, one frame and a
    batch of 8 (video frames).
 
-It writes one JSON (``--out``, default ``benchmarks/gpu_check.json``) and prints one markdown
-report (also written beside the JSON as ``.md``). A global time budget (``--budget``, default
+It writes one JSON (``--out``, default ``benchmarks/gpu_check.json``; rewritten atomically after
+every section and every measured mode, so a run cut short leaves what it measured, with
+``"complete": false``) and prints one markdown report (also written beside the JSON as ``.md``). A global time budget (``--budget``, default
 450 s) skips what no longer fits, and says so. Targets (H100, fp16/bf16): Swin-L 1024² ≥ 60
 images/s batched, ≤ 15 ms at batch 1, ≤ 2.5 GB peak at batch 1; lite ≥ 150 images/s.
 """
@@ -200,10 +201,12 @@ def time_batch(net, x: torch.Tensor, device: torch.device, dtype: torch.dtype, w
     return out
 
 
-def speed(device: torch.device, args, budget: Budget) -> list[dict]:
+def speed(device: torch.device, args, budget: Budget, rows: list | None = None,
+          save=lambda: None) -> list[dict]:
     """Exact and optimised modes of every model first, compiled ones last (compiling takes
-    the longest, and is what the time budget cuts first)."""
-    rows = []
+    the longest, and is what the time budget cuts first). Rows go into ``rows``; ``save()``
+    after each mode."""
+    rows = [] if rows is None else rows
     dtype = DTYPES[args.speed_dtype]
     groups = [[m for m in args.modes if m != "compiled"],
               [m for m in args.modes if m == "compiled"]]
@@ -216,6 +219,7 @@ def speed(device: torch.device, args, budget: Budget) -> list[dict]:
             exact = build(model_name, device)
             for mode in modes:
                 rows += speed_of_mode(exact, model_name, mode, device, dtype, args, budget)
+                save()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             del exact
@@ -266,10 +270,12 @@ def speed_of_mode(exact, model_name: str, mode: str, device: torch.device, dtype
     return rows
 
 
-def postprocess(device: torch.device, args, budget: Budget) -> list[dict]:
+def postprocess(device: torch.device, args, budget: Budget, rows: list | None = None,
+                save=lambda: None) -> list[dict]:
     """Median times of the mask post-processing on the device: a synthetic frame (a disc with
     a soft, wavy rim over a textured background) at ``args.post_size``², its mask degraded as a
-    segmenter at half that size gives it (squash, blur, bilinear back)."""
+    segmenter at half that size gives it (squash, blur, bilinear back). Rows go into ``rows``;
+    ``save()`` after each."""
     from benchmarks.matting_protocol import degrade
     from birefnet_core.edges import refine_edges
     from birefnet_core.foreground import estimate_foreground
@@ -285,7 +291,7 @@ def postprocess(device: torch.device, args, budget: Budget) -> list[dict]:
                                                                         generator=g)
     image = (alpha * fg + (1 - alpha) * bg).clamp(0, 1)
     mask = degrade(alpha, ws, 1.0, blur="gaussian")
-    rows = []
+    rows = [] if rows is None else rows
     for batch in (1, 8):
         img = image.expand(batch, -1, -1, -1).contiguous().to(device)
         m = mask.expand(batch, -1, -1, -1).contiguous().to(device)
@@ -315,6 +321,7 @@ def postprocess(device: torch.device, args, budget: Budget) -> list[dict]:
             except Exception as exc:  # noqa: BLE001 - report and go on
                 row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
             rows.append(row)
+            save()
     return rows
 
 
@@ -423,26 +430,35 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device here; use --dry-run to check the script on the CPU")
     budget = Budget(args.budget)
     start = time.monotonic()
-    result = {"dry_run": args.dry_run, "budget_s": args.budget,
+    result = {"dry_run": args.dry_run, "budget_s": args.budget, "complete": False,
               "environment": environment(device),
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        result["seconds"] = round(time.monotonic() - start, 1)
+        result["kernels"] = kernels.choices()
+        part = out.with_name(out.name + ".part")
+        part.write_text(json.dumps(result, indent=1, default=str))
+        os.replace(part, out)
+
     if not args.skip_tests:
         selection = DRY_TESTS if args.dry_run else DEVICE_TESTS
         result["tests"] = run_tests(device, selection, min(240.0, budget.left() - 120))
         print(f"tests: {result['tests']['status']}", flush=True)
+        save()
     result["fidelity"] = (fidelity(device, args.dry_run, args.fidelity_dtypes)
                           if budget.allows(args.min_section_s) else
                           {"status": "skipped: time budget"})
     print(f"fidelity: {result['fidelity']['status']}", flush=True)
+    save()
     # Before the model speed: short, and not to be cut by the compiled modes' budget.
-    result["postprocess"] = postprocess(device, args, budget)
-    result["speed"] = speed(device, args, budget)
+    postprocess(device, args, budget, rows=result.setdefault("postprocess", []), save=save)
+    speed(device, args, budget, rows=result.setdefault("speed", []), save=save)
     result["targets"] = targets(result["speed"], result["environment"]["device"])
-    result["kernels"] = kernels.choices()
-    result["seconds"] = round(time.monotonic() - start, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
+    result["complete"] = True
+    save()
     text = markdown(result)
     out.with_suffix(".md").write_text(text)
     print(text)

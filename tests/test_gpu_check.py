@@ -25,6 +25,8 @@ def test_dry_run_end_to_end(tmp_path, fixtures_dir):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["dry_run"] and result["environment"]["device_type"] == "cpu"
+    # (rewritten after every section; the finished file says so and leaves no partial one)
+    assert result["complete"] is True and not out.with_name(out.name + ".part").exists()
     assert result["tests"]["status"] == "passed" and result["tests"]["passed"] >= 1
     assert result["fidelity"]["status"] == "passed"
     assert result["fidelity"]["fp32_worst"] <= 1e-4
