@@ -1,6 +1,6 @@
 """Before/after crops for issue 17 (written next to this file, looked at in RESULTS_refine.md).
 
-    PYTHONPATH=. python benchmarks/make_crops_issue17.py
+    PYTHONPATH=. python benchmarks/make_crops_issue17.py [texture ...]   # all, or those named
 
 * ``issue17_green_rim.png``: the synthetic portrait over flat green, its mask degraded as a
   512^2 segmenter with a sigma-1 blur would give it, foreground estimated and composited over
@@ -20,11 +20,17 @@
   segmenter at sigma 2 (upsampled 4x), composited over grey (6x): exact | foreground
   estimated with the default windows | with the windows widened by the working size (what
   Composite does with Segment's mask) | official blur-fusion.
+* ``issue17_texture.png``: the lemur's fur over the beach photo (2048 px) with the crisp mask
+  (sigma 0.5) of a 1024^2 (top) and a 512^2 (bottom) segmenter: true alpha | upsampled mask |
+  before (the final guided filter at full strength) | now (weakened where the background is
+  textured) | 5 x |before - true| | 5 x |now - true|.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import sys
 
 import numpy as np
 import torch
@@ -105,6 +111,14 @@ def square_blocks() -> None:
            [a[sl], mask[sl], before[sl], now[sl], (5 * diff)[sl]], 3)
 
 
+def _fur_crop(a):
+    """The 128-px window with the most fractional alpha (fur)."""
+    frac = ((a > 0.02) & (a < 0.98)).float()
+    density = F.avg_pool2d(frac, 128, 32)
+    iy, ix = divmod(int(density.flatten().argmax()), density.shape[-1])
+    return (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
+
+
 def _fixed_amount(mask, image, working_size):
     """refine_edges with the unsharp amount fixed at 2 (before it was fitted)."""
     keep = E._SHARPEN_AMOUNTS
@@ -119,11 +133,7 @@ def sharpening() -> None:
     a, f = pipeline_cases(MATTING)["lemur 2048"]
     img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
     image = img.permute(0, 2, 3, 1)
-    # The crop with the most fractional alpha (fur) in a 128-px window.
-    frac = ((a > 0.02) & (a < 0.98)).float()
-    density = F.avg_pool2d(frac, 128, 32)
-    iy, ix = divmod(int(density.flatten().argmax()), density.shape[-1])
-    sl = (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
+    sl = _fur_crop(a)
     rows = []
     for sigma in (0.5, 2.0):
         ad = degrade(a, 1024, sigma, blur="gaussian")
@@ -162,9 +172,29 @@ def wide_windows() -> None:
            [comp(f, a)[sl], comp(default, ad)[sl], comp(wide, ad)[sl], comp(bf, ad)[sl]], 6)
 
 
+def texture() -> None:
+    a, f = pipeline_cases(MATTING)["lemur 2048"]
+    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
+    image = img.permute(0, 2, 3, 1)
+    sl = _fur_crop(a)
+    rows = []
+    for ws in (1024, 512):
+        ad = degrade(a, ws, 0.5, blur="gaussian")
+        keep, E._FILTER_TEXTURE = E._FILTER_TEXTURE, float("inf")
+        try:
+            before = E.refine_edges(ad, image, ws)
+        finally:
+            E._FILTER_TEXTURE = keep
+        now = E.refine_edges(ad, image, ws)
+        rows.append([a[sl], ad[sl], before[sl], now[sl], (5 * (before - a).abs())[sl],
+                     (5 * (now - a).abs())[sl]])
+    _tiles(OUT / "issue17_texture.png", rows, 2)
+
+
+CROPS = {"green_rim": green_rim, "square_blocks": square_blocks, "sharpening": sharpening,
+         "wide_windows": wide_windows, "texture": texture}
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    green_rim()
-    square_blocks()
-    sharpening()
-    wide_windows()
+    for name in sys.argv[1:] or CROPS:
+        CROPS[name]()

@@ -45,6 +45,10 @@ _PRIOR_VAR = 0.003
 _SHARPEN_SIGMA = 1.0
 _SHARPEN_AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 _SHARPEN = 2.0
+# The final guided filter copies the guide's texture into alpha: where the local background's
+# colour variance (trace) reaches this fraction of the squared foreground-background contrast it
+# is applied at half strength, less above (fur over a photo; benchmarks/RESULTS_refine.md).
+_FILTER_TEXTURE = 0.2
 # A mask that was not upsampled is refined only if the fitted sharpening brings it this much
 # closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
 # soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, item 6).
@@ -68,12 +72,13 @@ def _fb_channels(guide, prior, lo, hi):
 
 
 def _fb_model(means, min_count):
-    """``(B mean, F - B, F and B covariance sum (6 entries), ok)`` from channel means at
-    several radii.
+    """``(B mean, F - B, F and B covariance sum (6 entries), ok, texture)`` from channel means
+    at several radii.
 
     Foreground and background statistics are each taken from the first (finest) radius where
     that side covers at least ``min_count`` of the window; ``ok`` is 0 where a side has no
-    samples at any radius.
+    samples at any radius. ``texture``: the background's colour variance (trace) over the
+    squared F - B contrast (0 where ``ok`` is 0).
     """
     fm = bm = cf = cb = okf = okb = None
     for s in means:
@@ -88,7 +93,10 @@ def _fb_model(means, min_count):
         tf, tb = okf_k & ~okf, okb_k & ~okb  # the first radius where this side has samples
         fm, cf, okf = torch.where(tf, f_k, fm), torch.where(tf, cf_k, cf), okf | okf_k
         bm, cb, okb = torch.where(tb, b_k, bm), torch.where(tb, cb_k, cb), okb | okb_k
-    return bm, fm - bm, cf + cb, (okf & okb).to(fm.dtype)
+    d, ok = fm - bm, (okf & okb).to(fm.dtype)
+    texture = (cb[:, 0:1] + cb[:, 3:4] + cb[:, 5:6]).clamp(min=0) / (d * d).sum(
+        1, keepdim=True).clamp(min=1e-6)
+    return bm, d, cf + cb, ok, texture * ok
 
 
 def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
@@ -160,8 +168,9 @@ def _fuse(est, weight, prior):
 def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
                              min_count=0.05, lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0,
                              groups=None, n_groups=None):
-    """Alpha from the nearest confident foreground / background colour distributions, and the
-    sharpening fit's gain (:func:`_fit_sharpening`, per frame or per ``groups``).
+    """Alpha from the nearest confident foreground / background colour distributions, the
+    sharpening fit's gain (:func:`_fit_sharpening`, per frame or per ``groups``) and the
+    background texture ratio of :func:`_fb_model`.
 
     For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
     of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
@@ -188,9 +197,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
         blur = inner(gaussian_blur(prior, _SHARPEN_SIGMA * scale))
-        est, weight = _colour_estimate(inner(guide), *_lda_coeffs(*_fb_model(means, min_count)))
+        *model, texture = _fb_model(means, min_count)
+        est, weight = _colour_estimate(inner(guide), *_lda_coeffs(*model))
         sharp, gain = _fit_sharpening(inner(prior), blur, est, weight * band, groups, n_groups)
-        return _fuse(est, weight, sharp), gain
+        return _fuse(est, weight, sharp), gain, texture
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -200,8 +210,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         g, p = _resize(guide, small), _resize(prior, small)
         chans = _fb_channels(g, p, lo, hi)
         means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
-        u, c, prec = _lda_coeffs(*_fb_model(means, min_count), eps=1e-5)
-        up = _resize(torch.cat([u, c, prec], 1), (h, w))
+        *model, texture = _fb_model(means, min_count)
+        u, c, prec = _lda_coeffs(*model, eps=1e-5)
+        up = _resize(torch.cat([u, c, prec, texture], 1), (h, w))
+        texture = up[:, 5:6]
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
         blur = _resize(gaussian_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
@@ -214,15 +226,16 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         # whole image).
         wide = F.pad(chans.to(solve_dtype(chans.device)), (pad,) * 4, mode="replicate")
         means = [m.to(chans.dtype) for m in inner_box_means(wide, radii, pad)]
-        est, weight = _colour_estimate(guide, *_lda_coeffs(*_fb_model(means, min_count)))
+        *model, texture = _fb_model(means, min_count)
+        est, weight = _colour_estimate(guide, *_lda_coeffs(*model))
         blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
     sharp, gain = _fit_sharpening(prior, blur, est, weight * band)
-    return _fuse(est, weight, sharp), gain
+    return _fuse(est, weight, sharp), gain, texture
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only: ``(alpha,
-    gain)``, the gain per frame.
+    gain, texture)``, the gain per frame, the texture ratio 0 off the tiles.
 
     The tiles (with a halo of the largest radius, so the statistics are exact inside them)
     cover the thin band of a real matte: a few percent of a large image. If a feathered mask
@@ -234,7 +247,7 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
     tiles = band_tiles(band > 0.5, tile, halo)
     if len(tiles) == 0:
-        return prior, prior.new_ones(prior.shape[0])
+        return prior, prior.new_ones(prior.shape[0]), torch.zeros_like(prior)
     if len(tiles) * (tile + 2 * halo) ** 2 > _tile_budget(guide, max_pixels):
         return _multiscale_colour_alpha(guide, prior, scale, band, factors=(4,),
                                         subsample=2 * scale)
@@ -242,10 +255,12 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     # The band inside each tile, zero where a border tile reaches past the image.
     inside = tiles.inside().to(band.dtype)
     band_crops = gather_tiles(band, tiles)[..., halo:halo + tile, halo:halo + tile] * inside
-    alpha, gain = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale, band_crops,
-                                           halo=halo, groups=tiles.frame,
-                                           n_groups=prior.shape[0])
-    return scatter_tiles(prior, tiles, F.pad(alpha, (halo, halo, halo, halo))), gain
+    alpha, gain, texture = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale,
+                                                    band_crops, halo=halo, groups=tiles.frame,
+                                                    n_groups=prior.shape[0])
+    pad = (halo, halo, halo, halo)
+    return (scatter_tiles(prior, tiles, F.pad(alpha, pad)), gain,
+            scatter_tiles(torch.zeros_like(prior), tiles, F.pad(texture, pad)))
 
 
 def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
@@ -258,7 +273,9 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     foreground / background pixels at 2 and 6 working-size pixels, computed at full resolution
     on the band's tiles), fused by inverse variances with the mask sharpened against its own
     blur (an unsharp mask whose amount is fitted per frame to the colour model), then a fast
-    guided filter (coefficients at the working size). ``"matting"``: the same, then
+    guided filter (coefficients at the working size), weakened where the local background is
+    textured next to the foreground-background contrast (it would copy that texture into the
+    alpha: fur over a photo). ``"matting"``: the same, then
     ``iterations`` conjugate-gradient steps of closed-form matting (matrix-free Laplacian
     through box filters) on the band's tiles with the guided result as a soft data term:
     cleaner edges on flat backgrounds, slower.
@@ -311,7 +328,7 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     p_small = _resize(prior, small)
     uncertain = ((p_small > lo) & (p_small < 1 - lo)).to(prior.dtype)
     band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
-    alpha, gain = _band_colour_alpha(g4, prior, band, scale)
+    alpha, gain, texture = _band_colour_alpha(g4, prior, band, scale)
     if not upsampled:
         act = gain < _ACT_BELOW
         if not bool(act.any()):
@@ -323,7 +340,10 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
         # A near-singular window (flat colour, float32 cancellation) gives a non-finite
         # coefficient, which the summed-area tables would spread: regularise more.
         smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale, where=band)
-    alpha = torch.where(torch.isfinite(smooth), smooth, alpha).clamp(0, 1)
+    smooth = torch.where(torch.isfinite(smooth), smooth, alpha)
+    # Full strength where the background is flat next to the contrast, less where its texture
+    # would be copied into the alpha.
+    alpha = torch.lerp(alpha, smooth, 1.0 / (1.0 + texture / _FILTER_TEXTURE)).clamp(0, 1)
     if mode == "matting":
         alpha = _band_matting(g4, alpha, band, scale, iterations)
     alpha = torch.where(torch.isfinite(alpha), alpha, prior)

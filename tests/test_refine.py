@@ -202,6 +202,44 @@ def test_not_downscaled_soft_mask_is_refined_only_over_hard_edges(matting_dir):
     assert torch.equal(E.refine_edges(ad, image, working_size=512), ad)
 
 
+def _disc_over(background_noise: float, sigma: float, n: int = 256, ws: int = 128):
+    """A soft, wavy-rimmed disc over a background with uniform colour noise of that amplitude;
+    its mask as a segmenter at ``ws`` gives it. ``(image, mask, alpha, band)``."""
+    from benchmarks.matting_protocol import band_of, degrade
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    radius = (xx ** 2 + yy ** 2).sqrt() + 0.03 * torch.sin(40 * torch.atan2(yy, xx))
+    alpha = ((0.6 - radius) * n / 6).sigmoid()[None, None]
+    fg = torch.tensor([0.7, 0.5, 0.4]).view(1, 3, 1, 1) + 0.03 * torch.rand(1, 3, n, n,
+                                                                         generator=g)
+    bg = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1) + background_noise * (
+        torch.rand(1, 3, n, n, generator=g) - 0.5)
+    image = (alpha * fg + (1 - alpha) * bg).clamp(0, 1).permute(0, 2, 3, 1)
+    return image, degrade(alpha, ws, sigma, blur="gaussian"), alpha, band_of(alpha)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_guided_filter_does_not_copy_background_texture(monkeypatch, sigma):
+    """The final guided filter is weakened where the background is textured next to the
+    contrast (it copied the texture into the alpha) and left whole over a flat one."""
+    from benchmarks.matting_protocol import alpha_metrics
+
+    def both(noise):
+        image, mask, alpha, band = _disc_over(noise, sigma)
+        now = E.refine_edges(mask, image, working_size=128)
+        with monkeypatch.context() as m:
+            m.setattr(E, "_FILTER_TEXTURE", float("inf"))  # the filter at full strength
+            full = E.refine_edges(mask, image, working_size=128)
+        sad = lambda x: alpha_metrics(x, alpha, band)["sad_band"]  # noqa: E731
+        return now, full, sad(now) / sad(full)
+
+    now, full, _ = both(0.0)
+    assert (now - full).abs().max() < 1e-3  # measured 2e-4
+    _, _, ratio = both(0.3)
+    assert ratio < 0.9, ratio  # measured 0.80 (sigma 0.5), 0.84 (1)
+
+
 def test_band_tiles_match_whole_image_colour_model():
     """The tiled colour model equals the whole-image one inside the band (away from borders)."""
     torch.manual_seed(0)
@@ -209,11 +247,12 @@ def test_band_tiles_match_whole_image_colour_model():
     fg, bg = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1), torch.tensor([0.1, 0.2, 0.8])
     g = m * fg + (1 - m) * bg.view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, 96, 96)
     band = ((m > 0.01) & (m < 0.99)).float()
-    tiled, tiled_gain = E._band_colour_alpha(g, m, band, 2.0)
-    whole, whole_gain = E._multiscale_colour_alpha(g, m, 2.0, band)
+    tiled, tiled_gain, tiled_texture = E._band_colour_alpha(g, m, band, 2.0)
+    whole, whole_gain, whole_texture = E._multiscale_colour_alpha(g, m, 2.0, band)
     inner = band.bool().clone()
     inner[..., :12, :] = inner[..., -12:, :] = inner[..., :, :12] = inner[..., :, -12:] = False
     assert torch.allclose(tiled[inner], whole[inner], atol=1e-4)
+    assert torch.allclose(tiled_texture[inner], whole_texture[inner], atol=1e-4, rtol=1e-3)
     assert (tiled - m)[inner].abs().max() > 0.05  # it does act in the band
 
 
