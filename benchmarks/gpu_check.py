@@ -276,15 +276,13 @@ def postprocess(device: torch.device, args, budget: Budget, rows: list | None = 
     a soft, wavy rim over a textured background) at ``args.post_size``², its mask degraded as a
     segmenter at half that size gives it (squash, blur, bilinear back). Rows go into ``rows``;
     ``save()`` after each."""
-    from benchmarks.matting_protocol import degrade
+    from benchmarks.matting_protocol import degrade, wavy_disc
     from birefnet_core.edges import refine_edges
     from birefnet_core.foreground import estimate_foreground
 
     n, ws = args.post_size, args.post_size // 2
     g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    radius = (xx ** 2 + yy ** 2).sqrt() + 0.03 * torch.sin(40 * torch.atan2(yy, xx))
-    alpha = ((0.6 - radius) * n / 8).sigmoid()[None, None]
+    alpha = wavy_disc(n, 8)
     fg = torch.tensor([0.8, 0.5, 0.3]).view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, n, n,
                                                                          generator=g)
     bg = torch.tensor([0.2, 0.6, 0.3]).view(1, 3, 1, 1) + 0.1 * torch.rand(1, 3, n, n,

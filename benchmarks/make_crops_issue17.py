@@ -111,12 +111,16 @@ def square_blocks() -> None:
            [a[sl], mask[sl], before[sl], now[sl], (5 * diff)[sl]], 3)
 
 
-def _fur_crop(a):
-    """The 128-px window with the most fractional alpha (fur)."""
+def _lemur_over_beach():
+    """``(alpha, image [1,H,W,3], crop)``: the lemur 2048 composite over the beach photo and
+    the 128-px window with the most fractional alpha (fur)."""
+    a, f = pipeline_cases(MATTING)["lemur 2048"]
+    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
     frac = ((a > 0.02) & (a < 0.98)).float()
     density = F.avg_pool2d(frac, 128, 32)
     iy, ix = divmod(int(density.flatten().argmax()), density.shape[-1])
-    return (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
+    crop = (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
+    return a, img.permute(0, 2, 3, 1), crop
 
 
 def _fixed_amount(mask, image, working_size):
@@ -130,10 +134,7 @@ def _fixed_amount(mask, image, working_size):
 
 
 def sharpening() -> None:
-    a, f = pipeline_cases(MATTING)["lemur 2048"]
-    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
-    image = img.permute(0, 2, 3, 1)
-    sl = _fur_crop(a)
+    a, image, sl = _lemur_over_beach()
     rows = []
     for sigma in (0.5, 2.0):
         ad = degrade(a, 1024, sigma, blur="gaussian")
@@ -173,10 +174,7 @@ def wide_windows() -> None:
 
 
 def texture() -> None:
-    a, f = pipeline_cases(MATTING)["lemur 2048"]
-    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
-    image = img.permute(0, 2, 3, 1)
-    sl = _fur_crop(a)
+    a, image, sl = _lemur_over_beach()
     rows = []
     for ws in (1024, 512):
         ad = degrade(a, ws, 0.5, blur="gaussian")

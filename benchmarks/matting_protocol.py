@@ -135,6 +135,14 @@ def _resize_to(t: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(t, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def wavy_disc(n: int, softness: float) -> torch.Tensor:
+    """Alpha ``[1, 1, n, n]`` of a disc with a wavy rim, a sigmoid ramp ``n / softness`` px
+    wide per unit of radius (a synthetic soft edge in every direction)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    radius = (xx ** 2 + yy ** 2).sqrt() + 0.03 * torch.sin(40 * torch.atan2(yy, xx))
+    return ((0.6 - radius) * n / softness).sigmoid()[None, None]
+
+
 def synthetic_portrait(n: int = 1536, seed: int = 1):
     """``(alpha, fg)`` ``[1,1,n,n]`` / ``[1,3,n,n]``: head and shoulders with smooth skin and
     clothes (2-px antialiased hard edges) and a fringe of thin hair strands (exact by

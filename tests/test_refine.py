@@ -206,12 +206,10 @@ def test_not_downscaled_soft_mask_is_refined_only_over_hard_edges(matting_dir):
 def _disc_over(background_noise: float, sigma: float, n: int = 256, ws: int = 128):
     """A soft, wavy-rimmed disc over a background with uniform colour noise of that amplitude;
     its mask as a segmenter at ``ws`` gives it. ``(image, mask, alpha, band)``."""
-    from benchmarks.matting_protocol import band_of, degrade
+    from benchmarks.matting_protocol import band_of, degrade, wavy_disc
 
     g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    radius = (xx ** 2 + yy ** 2).sqrt() + 0.03 * torch.sin(40 * torch.atan2(yy, xx))
-    alpha = ((0.6 - radius) * n / 6).sigmoid()[None, None]
+    alpha = wavy_disc(n, 6)
     fg = torch.tensor([0.7, 0.5, 0.4]).view(1, 3, 1, 1) + 0.03 * torch.rand(1, 3, n, n,
                                                                          generator=g)
     bg = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1) + background_noise * (
