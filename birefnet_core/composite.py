@@ -18,7 +18,7 @@ import torch
 
 from .errors import InputError
 from .foreground import FOREGROUND_METHODS, despill, estimate_foreground
-from .layout import _resize, fit_masks, images_to_bchw, masks_to_b1hw
+from .layout import _resize, bilinear_taps, fit_masks, images_to_bchw, masks_to_b1hw
 from .refine import working_size_of
 
 __all__ = [
@@ -103,14 +103,7 @@ def _upsampled_window(x: torch.Tensor, scaled: tuple[int, int], start: tuple[int
     """
     for dim, n_out, first, n in ((-2, scaled[0], start[0], size[0]),
                                  (-1, scaled[1], start[1], size[1])):
-        n_in = x.shape[dim]
-        # Source position of each output pixel, as F.interpolate (align_corners=False) maps it,
-        # in float32 as it does (closer to it than float64, and MPS has no float64).
-        src = ((torch.arange(first, first + n, dtype=torch.float32, device=x.device) + 0.5)
-               * (n_in / n_out) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        lam = (src - i0).to(x.dtype)
+        i0, i1, lam = bilinear_taps(first, n, x.shape[dim], n_out, x.device, x.dtype)
         lam = lam.view(-1, 1) if dim == -2 else lam
         x = x.index_select(dim, i0).lerp_(x.index_select(dim, i1), lam)
     return x

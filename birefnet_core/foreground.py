@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .filters import Tiles, band_tiles, box_mean, gather_tiles
 from .filters import box_sum_valid as _window_sum
-from .layout import _resize, check_finite, upsampling_factor
+from .layout import _resize, bilinear_taps, check_finite, upsampling_factor
 
 __all__ = [
     "blur_fusion_foreground",
@@ -196,12 +196,8 @@ def _upsample_and_correct(image, alpha, fg_s, bg_s, final_weight, chunk_pixels=1
     # with align_corners=False computes them.
     hs = F.interpolate(torch.cat([fg_s, bg_s], 1), size=(h, W), mode="bilinear",
                        align_corners=False)
-    # Source rows in float32, as F.interpolate computes them (and MPS has no float64).
-    src = ((torch.arange(H, device=image.device, dtype=torch.float32) + 0.5) * (h / H)
-           - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=h - 1)
-    i1 = (i0 + 1).clamp(max=h - 1)
-    lam = (src - i0).to(image.dtype).view(H, 1)
+    i0, i1, lam = bilinear_taps(0, H, h, H, image.device, image.dtype)
+    lam = lam.view(H, 1)
     fg = image.new_empty(B, 3, H, W)
     bg = image.new_empty(B, 3, H, W)
     rows = max(1, chunk_pixels // W)

@@ -206,6 +206,17 @@ def join_alpha(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.cat((rgb, masks.unsqueeze(-1).to(torch.float32)), dim=-1)
 
 
+def bilinear_taps(first: int, n: int, n_in: int, n_out: int, device, dtype):
+    """Output pixels ``first .. first + n - 1`` of a bilinear resize of ``n_in`` to ``n_out``
+    along one axis, as F.interpolate (``align_corners=False``) maps them: ``(i0, i1, lam)``,
+    each output = ``lerp(x[i0], x[i1], lam)``. Positions in float32, as F.interpolate computes
+    them (and MPS has no float64)."""
+    src = ((torch.arange(first, first + n, dtype=torch.float32, device=device) + 0.5)
+           * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0).to(dtype)
+
+
 # Device types whose torch has no antialiased bilinear kernel (MPS before torch 2.7 raises
 # NotImplementedError): there those resizes run on the CPU.
 _NO_ANTIALIAS: set[str] = set()
