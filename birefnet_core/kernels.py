@@ -1,7 +1,8 @@
 """Which implementation of an op the fast modules run, chosen by measurement on the device.
 
 Some ops have several exact implementations whose speed depends on the device, the dtype and
-the shape: the deformable convolution (the pack's gather + GEMM op, or torchvision's), the Swin
+the shape: the deformable convolution (the pack's gather + GEMM op, or torchvision's), the
+decoder's large-kernel convolutions (direct, or through the FFT on the CPU), the Swin
 linear layers (oneDNN's fused bias/GELU/residual GEMM, or the plain ops), the Swin stage (the
 gathered-window blocks, or the exact blocks on the same weights), the decoder head (at 1/4 scale
 with a composed image convolution, or the exact full-size one). :func:`select` picks one per
@@ -38,15 +39,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .atomic import atomic_write
 from .ops import deform_conv as _dc
+from .ops.fft_conv import fft_conv2d
 from .ops.linear import _can_fuse, linear, plain_linear
 
 __all__ = ["Candidate", "register", "candidates", "select", "configure", "choices", "clear",
            "defaults",
-           "measure", "plain_linear", "linear_for", "deform_conv_for", "stage_impl_for",
-           "head_impl_for",
+           "measure", "plain_linear", "linear_for", "deform_conv_for", "conv2d_for",
+           "stage_impl_for", "head_impl_for",
            "FORCE_ENV", "CACHE_ENV"]
 
 logger = logging.getLogger(__name__)
@@ -202,13 +205,16 @@ def _sync(device: torch.device) -> None:
 def select(op: str, device: torch.device | str, dtype: torch.dtype, shape: Iterable[int],
            bench: Callable[[Candidate], Any], *, force: Optional[str] = None,
            clock: Optional[Clock] = None, warmup: int = WARMUP,
-           repeats: int = REPEATS) -> Candidate:
+           repeats: int = REPEATS, prepare: Optional[Callable[[Candidate], Any]] = None
+           ) -> Candidate:
     """The candidate of ``op`` to run on ``device`` for ``dtype`` and ``shape`` (bucketed).
 
     First use of a key measures ``bench(candidate)`` (which runs the candidate once on
     representative inputs) for every candidate available there, and keeps the fastest; later
     uses are a dictionary lookup. ``force`` (or :func:`configure` / ``$BIREFNET_KERNELS``)
-    names the candidate to run instead; ``clock`` is the timer (tests inject a fake one)."""
+    names the candidate to run instead; ``clock`` is the timer (tests inject a fake one);
+    ``prepare(candidate)``, untimed before its first timed run, builds what it keeps for
+    later calls (so a one-off set-up is not counted against it)."""
     device = torch.device(device)
     table = candidates(op)
     if (torch.compiler.is_compiling() or _SETTINGS.get("defaults")
@@ -229,7 +235,7 @@ def select(op: str, device: torch.device | str, dtype: torch.dtype, shape: Itera
         choice = _CHOICES.get(key)
         if choice is None or choice.name not in table:
             choice = _CHOICES[key] = _choose(key, table, device, dtype, bench,
-                                             clock or _clock, warmup, repeats)
+                                             clock or _clock, warmup, repeats, prepare)
     return table[choice.name]
 
 
@@ -239,7 +245,7 @@ def _key_text(key: tuple) -> str:
     return f"{op}|{dev}|{str(dtype).replace('torch.', '')}|{'x'.join(map(str, shape))}"
 
 
-def _choose(key, table, device, dtype, bench, clock, warmup, repeats) -> Choice:
+def _choose(key, table, device, dtype, bench, clock, warmup, repeats, prepare=None) -> Choice:
     op, text = key[0], _key_text(key)
     usable = [c for c in table.values() if _available(c, device, dtype)]
     if not usable:
@@ -258,6 +264,8 @@ def _choose(key, table, device, dtype, bench, clock, warmup, repeats) -> Choice:
     samples: dict[str, list[float]] = {}
     for cand in order:
         try:
+            if prepare is not None:
+                prepare(cand)
             samples[cand.name] = [_time(lambda: bench(cand), device, clock)]
         except Exception as exc:  # noqa: BLE001 - a candidate that fails here is not chosen
             lines = str(exc).strip().splitlines()
@@ -444,6 +452,62 @@ def deform_conv_for(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
 
     return select("deform_conv", x.device, x.dtype,
                   (b, c, weight.shape[0], weight.shape[-1], h, w), bench).fn
+
+
+# The FFT form measured slower than the direct one for every 3x3 convolution of the decoder
+# (benchmarks/RESULTS.md), so smaller kernels are not timed.
+FFT_MIN_KERNEL = 5
+CONV_BENCH_PIXELS = 128 * 128
+
+
+def _direct_conv(conv, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+def _fft_conv(conv, x: torch.Tensor) -> torch.Tensor:
+    return fft_conv2d(x, conv.spectrum(x), conv.bias, conv.kernel_size[0])
+
+
+def _fft_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    # On CUDA cuDNN picks among its own (FFT-tiled among them) algorithms; the reduced dtypes
+    # have no CPU FFT.
+    return device.type == "cpu" and dtype == torch.float32
+
+
+register("conv2d", "direct", _direct_conv, exact=True, default=True)
+register("conv2d", "fft", _fft_conv, available=_fft_runs)
+
+
+def conv2d_for(conv, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The convolution ``fn(conv, x)`` to run for ``conv`` (a
+    :class:`~birefnet_core.fast.FastConv2d`) on ``x``: measured on up to
+    ``CONV_BENCH_PIXELS`` output pixels of its first image where the FFT form applies (stride
+    1, "same" padding, odd square kernels of ``FFT_MIN_KERNEL`` px or more), direct
+    otherwise. A convolution that keeps the direct form drops the spectrum the FFT form
+    measured with."""
+    k = conv.kernel_size[0]
+    if not conv.fft_applies or k < FFT_MIN_KERNEL:
+        return _direct_conv
+    b, c, h, w = x.shape
+    rows = max(1, min(h, CONV_BENCH_PIXELS // max(1, w)))
+    sample = x[:1, :, :rows] if rows < h or b > 1 else x
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
+        x.device.type) else x.dtype
+
+    def bench(cand: Candidate):
+        with torch.no_grad():
+            cand.fn(conv, sample)
+
+    def prepare(cand: Candidate):
+        if cand.name == "fft":
+            conv.spectrum(sample)
+
+    chosen = select("conv2d", x.device, dtype, (b, c, conv.out_channels, k, h, w), bench,
+                    prepare=prepare)
+    if chosen.name != "fft" and conv.has_spectrum:
+        conv.drop_spectrum()
+    return chosen.fn
 
 
 def stage_impl_for(x: torch.Tensor, h: int, w: int, impls: dict[str, Callable[[], Any]]

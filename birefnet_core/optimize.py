@@ -11,8 +11,9 @@ real arithmetic; in float32 the outputs differ from the exact mode by summation 
   its weight and bias and replaced by ``nn.Identity`` (a conv without bias gets one).
 - ``fast_deform``: every ``DeformableConv2d`` becomes a
   :class:`~birefnet_core.fast.FastDeformableConv2d` (offset and modulator predictors fused into
-  one convolution; the deformable convolution is the kernel measured fastest on the device,
-  :mod:`birefnet_core.kernels`: the pack's gather + GEMM op or torchvision's), and every
+  one convolution, run directly or through the FFT; the deformable convolution is the kernel
+  measured fastest on the device, :mod:`birefnet_core.kernels`: the pack's gather + GEMM op or
+  torchvision's), and every
   deformable ASPP whose norms are folded a :class:`~birefnet_core.fast.FastASPPDeformable` (the
   branches write into one buffer, the pooled branch enters the fusing 1x1 conv as a bias).
   ``deform_fp32_under_autocast`` makes the fast deformable convolutions compute in fp32 under

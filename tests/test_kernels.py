@@ -141,6 +141,19 @@ def test_close_long_runs_are_timed_again(fresh):
     assert choice["times_ms"] == pytest.approx({"exact": long * 1e3, "fast": 0.7 * long * 1e3})
 
 
+def test_a_candidates_set_up_is_not_timed(fresh):
+    calls = _demo(fresh, {"exact": 0.010, "fast": 0.002})
+    prepared = []
+
+    def prepare(cand):
+        prepared.append(cand.name)
+        fresh.now += 5.0  # e.g. building a table the candidate keeps
+
+    assert _select(prepare=prepare).name == "fast"
+    assert sorted(prepared) == ["exact", "fast"] and calls
+    assert _select(prepare=prepare).name == "fast" and len(prepared) == 2, "once per key"
+
+
 def test_compile_warm_up_runs_the_defaults(fresh):
     calls = _demo(fresh, {"exact": 0.001, "fast": 0.010})
     with kernels.defaults():

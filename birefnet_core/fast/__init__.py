@@ -6,11 +6,11 @@ they are built from, like ``torch.ao.quantization.fuse_modules``. Which kernel a
 runs on a device is chosen there by measurement (:mod:`birefnet_core.kernels`).
 """
 
-from .blocks import FastASPPDeformable, FastDecBlk, FastDeformableConv2d, FastLatBlk
+from .blocks import FastASPPDeformable, FastConv2d, FastDecBlk, FastDeformableConv2d, FastLatBlk
 from .compiled import CompiledBiRefNet
 from .decoder import FastDecoder, compose_convs
 from .swin import FastSwinBlock, FastSwinStage, FastSwinTransformer
 
-__all__ = ["FastDeformableConv2d", "FastASPPDeformable", "FastDecBlk", "FastLatBlk", "FastDecoder",
-           "FastSwinBlock", "FastSwinStage", "FastSwinTransformer", "CompiledBiRefNet",
+__all__ = ["FastConv2d", "FastDeformableConv2d", "FastASPPDeformable", "FastDecBlk", "FastLatBlk",
+           "FastDecoder", "FastSwinBlock", "FastSwinStage", "FastSwinTransformer", "CompiledBiRefNet",
            "compose_convs"]

@@ -1,9 +1,12 @@
 """Fast forms of the decoder's building blocks, each built from an exact module by
 ``from_exact`` (the same function; weights fused or split, never retrained).
 
-- :class:`FastDeformableConv2d`: offset and modulator predictors fused into one convolution; the
-  deformable convolution itself is the kernel :mod:`birefnet_core.kernels` chose for the device
-  (the pack's gather + GEMM op, or torchvision's).
+- :class:`FastConv2d`: a convolution run directly or through the FFT, as
+  :mod:`birefnet_core.kernels` measured faster for the device and shape.
+- :class:`FastDeformableConv2d`: offset and modulator predictors fused into one
+  :class:`FastConv2d`; the deformable convolution itself is the kernel
+  :mod:`birefnet_core.kernels` chose for the device (the pack's gather + GEMM op, or
+  torchvision's).
 - :class:`FastASPPDeformable`: the branches write straight into one channels-last buffer and the
   spatially constant pooled branch enters the fusing 1x1 convolution as a per-image bias, so
   neither its broadcast nor the concatenation is materialised (needs the norms folded).
@@ -20,9 +23,10 @@ from torch import nn
 
 from .. import kernels
 from ..model.blocks import ASPPDeformable, BasicDecBlk, BasicLatBlk, DeformableConv2d
+from ..ops.fft_conv import conv_spectrum
 from ..ops.linear import linear
 
-__all__ = ["FastDeformableConv2d", "FastASPPDeformable", "FastDecBlk", "FastLatBlk"]
+__all__ = ["FastConv2d", "FastDeformableConv2d", "FastASPPDeformable", "FastDecBlk", "FastLatBlk"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -31,10 +35,60 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module.requires_grad_(False)
 
 
+class FastConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters and state dict) that runs directly or through the FFT
+    (:mod:`birefnet_core.ops.fft_conv`), whichever :func:`birefnet_core.kernels.conv2d_for`
+    measured faster for the device, dtype and shape. The FFT form keeps the kernels' spectra
+    for the last device and dtype it ran in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._spectrum: tuple | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def from_exact(cls, exact: nn.Conv2d) -> "FastConv2d":
+        fast = cls(exact.in_channels, exact.out_channels, exact.kernel_size, exact.stride,
+                   exact.padding, exact.dilation, exact.groups, exact.bias is not None,
+                   exact.padding_mode, device=exact.weight.device, dtype=exact.weight.dtype)
+        fast.load_state_dict(exact.state_dict())
+        return _frozen(fast)
+
+    @property
+    def fft_applies(self) -> bool:
+        """Stride 1, dilation 1, one group, an odd square kernel and zero "same" padding: the
+        convolutions :func:`~birefnet_core.ops.fft_conv.fft_conv2d` computes."""
+        k = self.kernel_size[0]
+        return (self.kernel_size == (k, k) and k % 2 == 1 and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding == (k // 2,) * 2
+                and self.padding_mode == "zeros")
+
+    @property
+    def has_spectrum(self) -> bool:
+        return self._spectrum is not None
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernels' spectra (:func:`~birefnet_core.ops.fft_conv.conv_spectrum`) on ``x``'s
+        device and dtype, built from the weight at first use there (like every fast module's
+        fused weights: a weight changed in place afterwards needs :meth:`drop_spectrum`)."""
+        key = (x.device, x.dtype, self.weight.data_ptr())
+        if self._spectrum is None or self._spectrum[0] != key:
+            self._spectrum = None  # free the old one first
+            with torch.no_grad():
+                self._spectrum = (key, conv_spectrum(self.weight.to(x.device, x.dtype)))
+        return self._spectrum[1]
+
+    def drop_spectrum(self) -> None:
+        self._spectrum = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.conv2d_for(self, x)(self, x)
+
+
 class FastDeformableConv2d(nn.Module):
     """:class:`~birefnet_core.model.blocks.DeformableConv2d` with its two predictors fused into
-    ``offset_modulator_conv`` (offsets in the first ``2k²`` channels, the modulator in the last
-    ``k²``).
+    ``offset_modulator_conv`` (a :class:`FastConv2d`: offsets in the first ``2k²`` channels, the
+    modulator in the last ``k²``).
 
     The deformable convolution is the implementation :func:`birefnet_core.kernels.select`
     measured fastest for the device, dtype and shape (``deform_conv``: the pack's gather + GEMM
@@ -56,9 +110,9 @@ class FastDeformableConv2d(nn.Module):
     def from_exact(cls, exact: DeformableConv2d, *,
                    fp32_under_autocast: bool = False) -> "FastDeformableConv2d":
         off, mod = exact.offset_conv, exact.modulator_conv
-        fused = nn.Conv2d(off.in_channels, off.out_channels + mod.out_channels, off.kernel_size,
-                          off.stride, off.padding, bias=True, device=off.weight.device,
-                          dtype=off.weight.dtype)
+        fused = FastConv2d(off.in_channels, off.out_channels + mod.out_channels,
+                           off.kernel_size, off.stride, off.padding, bias=True,
+                           device=off.weight.device, dtype=off.weight.dtype)
         fused.weight.copy_(torch.cat((off.weight, mod.weight)))
         fused.bias.copy_(torch.cat((off.bias, mod.bias)))
         return cls(_frozen(fused), exact.regular_conv, exact.padding,
