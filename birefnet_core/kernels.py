@@ -483,17 +483,17 @@ def conv2d_for(conv, x: torch.Tensor) -> Callable[..., torch.Tensor]:
     """The convolution ``fn(conv, x)`` to run for ``conv`` (a
     :class:`~birefnet_core.fast.FastConv2d`) on ``x``: measured on up to
     ``CONV_BENCH_PIXELS`` output pixels of its first image where the FFT form applies (stride
-    1, "same" padding, odd square kernels of ``FFT_MIN_KERNEL`` px or more), direct
-    otherwise. A convolution that keeps the direct form drops the spectrum the FFT form
+    1, "same" padding, odd square kernels of ``FFT_MIN_KERNEL`` px or more, on the CPU in
+    float32), direct otherwise. A convolution that keeps the direct form drops the spectrum the FFT form
     measured with."""
     k = conv.kernel_size[0]
-    if not conv.fft_applies or k < FFT_MIN_KERNEL:
-        return _direct_conv
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
+        x.device.type) else x.dtype
+    if not (conv.fft_applies and k >= FFT_MIN_KERNEL and _fft_runs(x.device, dtype)):
+        return _direct_conv  # also where ``fft`` is forced but cannot run
     b, c, h, w = x.shape
     rows = max(1, min(h, CONV_BENCH_PIXELS // max(1, w)))
     sample = x[:1, :, :rows] if rows < h or b > 1 else x
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-        x.device.type) else x.dtype
 
     def bench(cand: Candidate):
         with torch.no_grad():

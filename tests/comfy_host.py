@@ -132,8 +132,9 @@ class ComfyServer:
     """One ComfyUI process on a loopback port, driven through its HTTP API."""
 
     def __init__(self, comfy: Path, base: Path, front_end_root: Path | None = None,
-                 name: str = "comfyui"):
+                 name: str = "comfyui", env: dict[str, str] | None = None):
         self.comfy, self.base, self.front_end_root = comfy, base, front_end_root
+        self.env = dict(env or {})
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / f"{name}.log"
@@ -147,7 +148,7 @@ class ComfyServer:
                "--database-url", "sqlite:///:memory:"]
         if self.front_end_root is not None:
             cmd += ["--front-end-root", str(self.front_end_root)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -322,11 +323,13 @@ class Messages:
 
 
 def start_server(tmp_path_factory, name: str = "comfyui",
-                 frontend: str = PINNED_FRONTEND) -> ComfyServer:
-    """Provision and start a server in a fresh base directory (the caller stops it)."""
+                 frontend: str = PINNED_FRONTEND, env: dict[str, str] | None = None
+                 ) -> ComfyServer:
+    """Provision and start a server in a fresh base directory (the caller stops it); ``env``:
+    variables set for the host process on top of this one's."""
     cache = tmp_path_factory.getbasetemp() / "comfyui_host"
     cache.mkdir(exist_ok=True)
     comfy = comfyui_dir(cache)
     root = frontend_root(frontend, cache)
     base = make_base(tmp_path_factory.mktemp(f"{name}_base"))
-    return ComfyServer(comfy, base, root, name).start()
+    return ComfyServer(comfy, base, root, name, env).start()

@@ -168,10 +168,21 @@ def load_count(server: ComfyServer, name: str) -> int:
 
 # -- the shared server ----------------------------------------------------------------------------
 
+def host_kernels() -> str:
+    """``BIREFNET_KERNELS`` for the shared host: every op's default, as in this process, but the
+    7x7 predictors through the FFT (which the host would choose by measurement for a photo on
+    a CPU). So the host runs that form through every end-to-end test, and the checkpoint
+    matrix holds it to this process's direct-form references (<= 1/255)."""
+    from birefnet_core import kernels
+
+    chosen = dict(kernels._DEFAULT, conv2d="fft")
+    return ",".join(f"{op}={name}" for op, name in chosen.items())
+
+
 @pytest.fixture(scope="session")
 def e2e_server(tmp_path_factory):
     """One ComfyUI (``--cpu``, pinned frontend) for every end-to-end test module."""
-    server = start_server(tmp_path_factory, "e2e")
+    server = start_server(tmp_path_factory, "e2e", env={"BIREFNET_KERNELS": host_kernels()})
     try:
         yield server
     finally:

@@ -131,15 +131,31 @@ def test_what_the_fft_form_does_not_compute_runs_directly_unmeasured(fresh, conv
     assert kernels.choices() == [] and not fast.has_spectrum
 
 
+@pytest.mark.parametrize("forced", (None, "fft"))
 @pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16))
-def test_the_fft_form_is_not_offered_outside_cpu_float32(fresh, dtype):  # noqa: F811
-    fast = FastConv2d.from_exact(_conv()).to(dtype)
+def test_outside_cpu_float32_the_direct_form_runs(fresh, dtype, forced):  # noqa: F811
+    """No CPU FFT in the reduced dtypes, cuDNN's own algorithms on CUDA: direct there, also
+    where ``fft`` is forced (e.g. for the whole process, then run under bf16 autocast)."""
+    if forced:
+        kernels.configure(force={"conv2d": forced})
+    conv = _conv().to(dtype)
+    fast = FastConv2d.from_exact(conv)
     x = torch.randn(1, 6, 30, 30, dtype=dtype)
     with torch.no_grad():
-        fast(x)
-    (choice,) = kernels.choices()
-    assert choice["chosen"] == "direct" and list(choice["times_ms"]) in ([], ["direct"])
+        torch.testing.assert_close(fast(x), conv(x), rtol=0, atol=0)
+    assert not fast.has_spectrum
     assert not kernels._fft_runs(torch.device("cuda"), torch.float32)
+
+
+def test_under_bf16_autocast_the_direct_form_runs_even_if_fft_is_forced(fresh):  # noqa: F811
+    kernels.configure(force={"conv2d": "fft"})
+    conv = _conv()
+    fast = FastConv2d.from_exact(conv)
+    x = torch.randn(1, 6, 30, 30)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = fast(x), conv(x)
+    assert out.dtype == torch.bfloat16 and not fast.has_spectrum
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def test_the_spectrum_is_rebuilt_for_new_weight_storage_and_on_request(fresh):  # noqa: F811
