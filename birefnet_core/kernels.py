@@ -484,8 +484,8 @@ def conv2d_for(conv, x: torch.Tensor) -> Callable[..., torch.Tensor]:
     :class:`~birefnet_core.fast.FastConv2d`) on ``x``: measured on up to
     ``CONV_BENCH_PIXELS`` output pixels of its first image where the FFT form applies (stride
     1, "same" padding, odd square kernels of ``FFT_MIN_KERNEL`` px or more, on the CPU in
-    float32), direct otherwise. A convolution that keeps the direct form drops the spectrum the FFT form
-    measured with."""
+    float32), direct otherwise. A convolution that keeps the direct form drops the spectrum
+    the FFT form was measured with."""
     k = conv.kernel_size[0]
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
         x.device.type) else x.dtype

@@ -15,7 +15,8 @@ MATTING = SHARED / "data" / "matting"
 
 # Every process of the test session (pytest, ComfyUI, Ray workers) runs each op's default kernel
 # instead of timing the candidates on first use: timings on a loaded machine differ between
-# processes, and so would the last bits of their outputs. The selection itself is tested with a
+# processes, and so would the last bits of their outputs (the shared ComfyUI forces one other
+# candidate on purpose: tests/e2e_checkpoints.py). The selection itself is tested with a
 # fake clock (tests/test_kernels.py); every candidate is tested for exactness on its own.
 os.environ.setdefault("BIREFNET_KERNELS", "default")
 
@@ -72,3 +73,23 @@ def tiny_model():
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """Isolated kernel state: registry, choices, probes, settings, disk entries, clock (a
+    :class:`kernel_fakes.FakeClock`, returned)."""
+    from birefnet_core import kernels
+    from kernel_fakes import FakeClock
+
+    monkeypatch.setattr(kernels, "_REGISTRY", {op: dict(c) for op, c in kernels._REGISTRY.items()})
+    monkeypatch.setattr(kernels, "_DEFAULT", dict(kernels._DEFAULT))
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    monkeypatch.setattr(kernels, "_AVAILABLE", {})
+    monkeypatch.setattr(kernels, "_DISK", {})
+    monkeypatch.setattr(kernels, "_SETTINGS", {"force": {}, "cache_dir": None})
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    monkeypatch.delenv(kernels.CACHE_ENV, raising=False)
+    clock = FakeClock()
+    monkeypatch.setattr(kernels, "_clock", clock)
+    return clock

@@ -16,7 +16,7 @@ from birefnet_core.ops import fft_conv
 from birefnet_core.ops.fft_conv import conv_spectrum, fft_conv2d
 from birefnet_core.optimize import optimize_for_inference
 from birefnet_core.weights import load_model
-from test_kernels import _slowed, fresh  # noqa: F401 - the fixture, used by name
+from kernel_fakes import slowed
 
 CPU = torch.device("cpu")
 
@@ -80,8 +80,8 @@ def _conv(k=7, **kwargs) -> nn.Conv2d:
 
 
 @pytest.mark.parametrize("slow", ("direct", "fft"))
-def test_the_faster_form_runs_and_computes_the_convolution(fresh, slow):  # noqa: F811
-    calls = _slowed(fresh, "conv2d", {"direct": 0.001, "fft": 0.001, slow: 0.5})
+def test_the_faster_form_runs_and_computes_the_convolution(fresh, slow):
+    calls = slowed(fresh, "conv2d", {"direct": 0.001, "fft": 0.001, slow: 0.5})
     exact = _conv()
     fast = FastConv2d.from_exact(exact)
     assert fast.state_dict().keys() == exact.state_dict().keys()
@@ -99,7 +99,7 @@ def test_the_faster_form_runs_and_computes_the_convolution(fresh, slow):  # noqa
     torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 
-def test_building_the_spectrum_is_not_timed_against_the_fft_form(fresh, monkeypatch):  # noqa: F811
+def test_building_the_spectrum_is_not_timed_against_the_fft_form(fresh, monkeypatch):
     """A one-off set-up (the spectra: ~0.15 s for the lite model's largest predictor) must not
     decide the choice; the fft form wins here only if it is built before the timed run."""
     from birefnet_core.fast import blocks
@@ -109,7 +109,7 @@ def test_building_the_spectrum_is_not_timed_against_the_fft_form(fresh, monkeypa
         return conv_spectrum(weight, *args)
 
     monkeypatch.setattr(blocks, "conv_spectrum", slow_spectrum)
-    _slowed(fresh, "conv2d", {"direct": 0.01, "fft": 0.001})
+    slowed(fresh, "conv2d", {"direct": 0.01, "fft": 0.001})
     fast = FastConv2d.from_exact(_conv())
     with torch.no_grad():
         fast(torch.randn(1, 6, 40, 40))
@@ -123,7 +123,7 @@ def test_building_the_spectrum_is_not_timed_against_the_fft_form(fresh, monkeypa
     _conv(k=7, dilation=2),
     nn.Conv2d(6, 9, 7, padding=0),
 ), ids=("3x3", "stride 2", "dilation 2", "no padding"))
-def test_what_the_fft_form_does_not_compute_runs_directly_unmeasured(fresh, conv):  # noqa: F811
+def test_what_the_fft_form_does_not_compute_runs_directly_unmeasured(fresh, conv):
     fast = FastConv2d.from_exact(conv)
     x = torch.randn(1, 6, 30, 30)
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_what_the_fft_form_does_not_compute_runs_directly_unmeasured(fresh, conv
 
 @pytest.mark.parametrize("forced", (None, "fft"))
 @pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16))
-def test_outside_cpu_float32_the_direct_form_runs(fresh, dtype, forced):  # noqa: F811
+def test_outside_cpu_float32_the_direct_form_runs(fresh, dtype, forced):
     """No CPU FFT in the reduced dtypes, cuDNN's own algorithms on CUDA: direct there, also
     where ``fft`` is forced (e.g. for the whole process, then run under bf16 autocast)."""
     if forced:
@@ -147,7 +147,7 @@ def test_outside_cpu_float32_the_direct_form_runs(fresh, dtype, forced):  # noqa
     assert not kernels._fft_runs(torch.device("cuda"), torch.float32)
 
 
-def test_under_bf16_autocast_the_direct_form_runs_even_if_fft_is_forced(fresh):  # noqa: F811
+def test_under_bf16_autocast_the_direct_form_runs_even_if_fft_is_forced(fresh):
     kernels.configure(force={"conv2d": "fft"})
     conv = _conv()
     fast = FastConv2d.from_exact(conv)
@@ -158,7 +158,7 @@ def test_under_bf16_autocast_the_direct_form_runs_even_if_fft_is_forced(fresh): 
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-def test_the_spectrum_is_rebuilt_for_new_weight_storage_and_on_request(fresh):  # noqa: F811
+def test_the_spectrum_is_rebuilt_for_new_weight_storage_and_on_request(fresh):
     kernels.configure(force={"conv2d": "fft"})
     fast = FastConv2d.from_exact(_conv())
     x = torch.randn(1, 6, 30, 30)

@@ -14,32 +14,9 @@ from birefnet_core.fast import FastDeformableConv2d
 from birefnet_core.model.blocks import DeformableConv2d
 from birefnet_core.optimize import optimize_for_inference
 from birefnet_core.variants import Architecture
+from kernel_fakes import FakeClock, slowed
 
 CPU = torch.device("cpu")
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fresh(monkeypatch):
-    """Isolated kernel state: registry, choices, probes, settings, disk entries, clock."""
-    monkeypatch.setattr(kernels, "_REGISTRY", {op: dict(c) for op, c in kernels._REGISTRY.items()})
-    monkeypatch.setattr(kernels, "_DEFAULT", dict(kernels._DEFAULT))
-    monkeypatch.setattr(kernels, "_CHOICES", {})
-    monkeypatch.setattr(kernels, "_AVAILABLE", {})
-    monkeypatch.setattr(kernels, "_DISK", {})
-    monkeypatch.setattr(kernels, "_SETTINGS", {"force": {}, "cache_dir": None})
-    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
-    monkeypatch.delenv(kernels.CACHE_ENV, raising=False)
-    clock = FakeClock()
-    monkeypatch.setattr(kernels, "_clock", clock)
-    return clock
 
 
 def _costed(clock: FakeClock, cost: float, calls: list, name: str):
@@ -256,19 +233,6 @@ def test_measure_synchronises_and_takes_the_minimum(fresh):
 
 # -- wired into the fast modules -----------------------------------------------------------------
 
-def _slowed(fresh, op: str, costs: dict[str, float]):
-    """Re-register ``op``'s real candidates with a fake cost each; returns the call log."""
-    calls: list[str] = []
-    for name, cand in kernels.candidates(op).items():
-        def fn(*args, _fn=cand.fn, _name=name, **kwargs):
-            calls.append(_name)
-            fresh.now += costs[_name]
-            return _fn(*args, **kwargs)
-        kernels.register(op, name, fn, available=cand.available, exact=cand.exact,
-                         default=kernels._DEFAULT[op] == name)
-    return calls
-
-
 def _dcn() -> DeformableConv2d:
     torch.manual_seed(0)
     dcn = DeformableConv2d(6, 8, 3, 1).eval()
@@ -279,7 +243,7 @@ def _dcn() -> DeformableConv2d:
 
 @pytest.mark.parametrize("slow", ("gather_gemm", "torchvision"))
 def test_deformable_convolution_runs_the_faster_kernel(fresh, slow):
-    calls = _slowed(fresh, "deform_conv", {"gather_gemm": 0.001, "torchvision": 0.001,
+    calls = slowed(fresh, "deform_conv", {"gather_gemm": 0.001, "torchvision": 0.001,
                                            slow: 0.5})
     exact = _dcn()
     fast = FastDeformableConv2d.from_exact(exact)

@@ -12,5 +12,5 @@ from .decoder import FastDecoder, compose_convs
 from .swin import FastSwinBlock, FastSwinStage, FastSwinTransformer
 
 __all__ = ["FastConv2d", "FastDeformableConv2d", "FastASPPDeformable", "FastDecBlk", "FastLatBlk",
-           "FastDecoder", "FastSwinBlock", "FastSwinStage", "FastSwinTransformer", "CompiledBiRefNet",
-           "compose_convs"]
+           "FastDecoder", "FastSwinBlock", "FastSwinStage", "FastSwinTransformer",
+           "CompiledBiRefNet", "compose_convs"]
