@@ -365,6 +365,12 @@ def _to_disk(device: torch.device, key: str, name: str) -> None:
         logger.warning("BiRefNet: cannot write the kernel cache %s (%s)", path, exc)
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op on ``x`` computes in: autocast's where it is on for ``x``'s device."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
 # -- the ops and their candidates ---------------------------------------------------------------
 
 def _fusable(device: torch.device, dtype: torch.dtype) -> bool:
@@ -384,8 +390,7 @@ def linear_for(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     measured on that MLP over up to 4096 of ``x``'s rows."""
     rows = x.reshape(-1, x.shape[-1])
     n = min(rows.shape[0], 4096)
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-        x.device.type) else x.dtype
+    dtype = _compute_dtype(x)
 
     def bench(cand: Candidate):
         with torch.no_grad():
@@ -487,8 +492,7 @@ def conv2d_for(conv, x: torch.Tensor) -> Callable[..., torch.Tensor]:
     float32), direct otherwise. A convolution that keeps the direct form drops the spectrum
     the FFT form was measured with."""
     k = conv.kernel_size[0]
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-        x.device.type) else x.dtype
+    dtype = _compute_dtype(x)
     if not (conv.fft_applies and k >= FFT_MIN_KERNEL and _fft_runs(x.device, dtype)):
         return _direct_conv  # also where ``fft`` is forced but cannot run
     b, c, h, w = x.shape
@@ -514,8 +518,7 @@ def stage_impl_for(x: torch.Tensor, h: int, w: int, impls: dict[str, Callable[[]
                    ) -> str:
     """Which Swin block implementation a stage runs (``"windows"`` or ``"exact"``), measured by
     ``impls[name]()`` (one block on the stage's input)."""
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-        x.device.type) else x.dtype
+    dtype = _compute_dtype(x)
     return select("swin_block", x.device, dtype, (x.shape[0], h, w, x.shape[-1]),
                   lambda cand: impls[cand.name]()).name
 
@@ -528,8 +531,7 @@ def head_impl_for(p: torch.Tensor, image: torch.Tensor, impls: dict[str, Callabl
                   ) -> str:
     """Which decoder head a :class:`~birefnet_core.fast.FastDecoder` runs (``"split"``: at
     1/4 scale, or ``"exact"``), measured by ``impls[name]()``."""
-    dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(
-        p.device.type) else p.dtype
+    dtype = _compute_dtype(p)
     return select("decoder_head", p.device, dtype, (p.shape[0], p.shape[1], *image.shape[-2:]),
                   lambda cand: impls[cand.name]()).name
 
