@@ -208,6 +208,38 @@ def test_fast_swin_is_the_same_function(backbone, shape):
             torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("shift", (False, True), ids=("plain", "shifted"))
+def test_fast_swin_block_attends_from_real_tokens_only(monkeypatch, shift):
+    """On the CPU the padding positions of a window are keys (as trained) but not queries:
+    the attention calls get exactly the image's tokens as query rows, and the block's output
+    is still the exact one. A 12 x 17 grid in 7 x 7 windows is 26 % padding."""
+    torch.manual_seed(0)
+    exact = SwinTransformer(BACKBONES["swin_v1_t"]).eval()
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.normal_(0, 0.05)
+    stage = FastSwinStage.from_exact(exact.layers[0])
+    block = stage.blocks[int(shift)]
+    assert bool(block.shift) == shift
+    h, w = 12, 17
+    x = torch.randn(2, h * w, block.norm1.normalized_shape[0])
+    query_rows = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, **kwargs):
+        assert q.shape[-2] <= k.shape[-2] == block.window ** 2
+        query_rows.append(q.shape[0] * q.shape[-2])
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with torch.inference_mode():
+        fast = block(x.clone(), stage.plan_for(h, w, block.shift, x.device))
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+        ref = block.forward_exact(x.clone(), h, w, stage.mask_for(h, w, x.device))
+    assert sum(query_rows) == x.shape[0] * h * w
+    torch.testing.assert_close(fast, ref, rtol=0, atol=2e-5)
+
+
 def test_composed_head_matches_two_convolutions():
     """The 5x5 composition plus the recomputed edge equals conv3x3(conv3x3(x)) everywhere."""
     from birefnet_core.fast import compose_convs as _compose_convs

@@ -5,8 +5,9 @@ Pad, cyclic shift and window partition become a cached gather index, with the wi
 mask touches ordered last. Attention runs a group of windows at a time (each token is in exactly
 one window): gather the group's tokens, normalise, ``qkv``, 4-D ``scaled_dot_product_attention``
 (the fused CPU kernel; the exact 5-D call falls back to the unfused math path) with the mask
-added only for the masked windows, then ``x + proj(...)`` on the real tokens only (padding is
-27 % of the stage-3 rows at 1024²), written straight to their positions. The MLP runs in row
+added only for the masked windows and, on the CPU, the padding positions as keys only (their
+queries' output is discarded), then ``x + proj(...)`` on the real tokens only (padding is 27 %
+of the stage-3 rows at 1024²), written straight to their positions. The MLP runs in row
 chunks over the residual. So no full-size ``qkv``, window-ordered copy or 4x-wide hidden
 activation is ever allocated (on the CPU each such buffer is a fresh, page-faulted mapping), and
 the linear layers fuse their bias, GELU and residual adds where the kernel chosen for the
@@ -53,13 +54,16 @@ class _WindowPlan:
     ``gather``: ``[nW * N]`` token index per window position (windows in plan order, padding
     pointing at token 0); ``padded``: ``[nW * N]`` bool, True at the padding positions, or
     None; windows ``[0, n_plain)`` need no shift mask, ``mask`` (``[nW - n_plain, 1, N, N]``)
-    is the one of the others.
+    is the one of the others. ``runs``: ``(w0, w1, queries)`` per run of consecutive windows
+    with the same padding positions and mask part; ``queries`` the window positions of their
+    real tokens, or None where none is padding.
     """
 
     gather: torch.Tensor
     padded: torch.Tensor | None
     n_plain: int
     mask: torch.Tensor | None
+    runs: tuple = ()
     _groups: dict = field(default_factory=dict, compare=False, repr=False)
 
     def group(self, w0: int, w1: int, n: int) -> _WindowGroup:
@@ -86,7 +90,9 @@ def _window_group(gather: torch.Tensor, padded: torch.Tensor | None, w0: int, w1
 @torch.compiler.disable  # data-dependent; cached per size by FastSwinStage.plan_for
 def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _WindowPlan:
     """The :class:`_WindowPlan` of an ``h`` x ``w`` token grid: zero-pad to whole windows,
-    roll by ``-shift``, partition, and put the windows the shift mask touches last."""
+    roll by ``-shift``, partition, and put the windows the shift mask touches last; within
+    each part, windows without padding first, then those with the same padding positions
+    together (their padding queries can be left out as one batch)."""
     hp, wp = -(-h // window) * window, -(-w // window) * window
     rows = (torch.arange(hp) + shift) % hp  # torch.roll by -shift: out[i] = in[i + shift]
     cols = (torch.arange(wp) + shift) % wp
@@ -98,7 +104,18 @@ def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _Window
         masked = mask.flatten(1).ne(0).any(1)
     else:
         mask, masked = None, torch.zeros(source.shape[0], dtype=torch.bool)
-    order = torch.cat((torch.nonzero(~masked)[:, 0], torch.nonzero(masked)[:, 0]))
+    padding = source < 0
+    # (mask part, any padding, padding positions) per window: the plan's order and runs.
+    kind = [(m, bool(p.any()), p.numpy().tobytes()) for m, p in zip(masked.tolist(), padding)]
+    order = sorted(range(len(kind)), key=lambda i: (kind[i], i))
+    runs, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or kind[order[end]] != kind[order[start]]:
+            pad = padding[order[start]]
+            queries = torch.nonzero(~pad)[:, 0].to(device) if pad.any() else None
+            runs.append((start, end, queries))
+            start = end
+    order = torch.tensor(order)
     source = source[order].flatten()
     n_plain = int((~masked).sum())
     padded = source < 0
@@ -108,15 +125,20 @@ def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _Window
         n_plain=n_plain,
         mask=None if mask is None or n_plain == len(order) else
         mask[order[n_plain:], None].to(device),
+        runs=tuple(runs),
     )
 
 
-def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-    """``qkv``: ``[nW, N, 3, heads, d]`` -> ``[nW, N, heads * d]``."""
-    nw, n = qkv.shape[:2]
+def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor,
+          queries: torch.Tensor | None = None) -> torch.Tensor:
+    """``qkv``: ``[nW, N, 3, heads, d]`` -> ``[nW, Nq, heads * d]``: the attention output of
+    the window positions ``queries`` (all ``N`` if None; ``attn_mask`` has all ``N`` rows)."""
+    nw = qkv.shape[0]
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [nW, heads, N, d] strided views
+    if queries is not None:
+        q, attn_mask = q[:, :, queries], attn_mask[:, :, queries]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    return out.transpose(1, 2).reshape(nw, n, -1)
+    return out.transpose(1, 2).reshape(nw, q.shape[2], -1)
 
 
 class FastSwinBlock(SwinBlock):
@@ -161,11 +183,15 @@ class FastSwinBlock(SwinBlock):
         bias = attn.relative_bias(x.dtype)[None]  # [1, heads, N, N]
         masked = None if plan.mask is None else bias + plan.mask.to(x.dtype)
         n_windows = plan.gather.numel() // n
-        # Cache-sized groups on the CPU; a GPU wants all windows in one launch.
-        step = max(1, _ATTN_CHUNK // (n * c)) if x.device.type == "cpu" else n_windows
-        parts = ((0, plan.n_plain, bias), (plan.n_plain, n_windows, masked))
+        if x.device.type == "cpu":
+            # Cache-sized groups of windows with the same padding, whose padding positions are
+            # left out as queries (their output is discarded; as keys they stay, as trained):
+            # 21 % fewer attention rows at Swin-L's stage 3 for a 1024² image.
+            step, runs = max(1, _ATTN_CHUNK // (n * c)), plan.runs
+        else:  # a GPU wants all windows in one launch
+            step, runs = n_windows, ((0, plan.n_plain, None), (plan.n_plain, n_windows, None))
         for i in range(b):
-            for lo, hi, part_bias in parts:
+            for lo, hi, queries in runs:
                 for w0 in range(lo, hi, step):
                     w1 = min(hi, w0 + step)
                     group = plan.group(w0, w1, n)
@@ -177,9 +203,10 @@ class FastSwinBlock(SwinBlock):
                     if group.keep is not None:
                         qkv = self._with_padding_rows(qkv, group, attn.qkv.bias)
                     qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
-                    mask = part_bias if part_bias is bias else part_bias[w0 - lo:w1 - lo]
-                    o = _sdpa(qkv, mask).view(-1, c)
-                    if group.keep is not None:
+                    mask = (bias if w0 < plan.n_plain else
+                            masked[w0 - plan.n_plain:w1 - plan.n_plain])
+                    o = _sdpa(qkv, mask, queries).view(-1, c)
+                    if group.keep is not None and queries is None:
                         o = o.index_select(0, group.keep)
                     out.index_copy_(0, real, linear(o, attn.proj.weight, attn.proj.bias,
                                                     residual=xg))
