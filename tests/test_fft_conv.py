@@ -57,6 +57,19 @@ def test_without_bias_and_in_chunks_of_images(monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows_per_step", (1, 2))
+def test_in_steps_of_window_rows(monkeypatch, rows_per_step):
+    """Three rows of windows (70 px, 26 kept per window) in steps of one or two rows, the last
+    step shorter and cropped: the float64 convolution, for each image of a batch."""
+    x, weight, bias = _case(2, 3, 4, 7, 70, 50)
+    spectrum = conv_spectrum(weight)
+    row_bytes = spectrum.shape[0] * 2 * 2 * (3 + 4) * x.element_size()  # two windows per row
+    monkeypatch.setattr(fft_conv, "_CHUNK_BYTES", rows_per_step * row_bytes)
+    out = fft_conv2d(x, spectrum, bias, 7)
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), padding=3)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+
+
 def test_channels_last_input():
     x, weight, bias = _case(2, 8, 6, 7, 40, 30)
     out = fft_conv2d(x.contiguous(memory_format=torch.channels_last), conv_spectrum(weight),
