@@ -126,6 +126,30 @@ def test_fast_deform_without_folding_keeps_the_norms(fixtures_dir):
     assert err <= TOLERANCE
 
 
+def test_fast_aspp_is_the_float64_function_on_either_path(monkeypatch):
+    """On the CPU in float32 the fusing convolution is accumulated branch by branch; other
+    dtypes (float64 here, reduced ones under autocast) fill the all-branch buffer. Both are the
+    exact ASPP computed in float64, for a batch of two (a per-image pooled bias)."""
+    torch.manual_seed(0)
+    exact = ASPPDeformable(8, planes=16).eval()
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.normal_(0, 0.05)
+    x = torch.randn(2, 8, 20, 28, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = copy.deepcopy(exact).double()(x.double())
+        branch_by_branch = FastASPPDeformable._fused_branch_by_branch
+        calls = []
+        monkeypatch.setattr(FastASPPDeformable, "_fused_branch_by_branch",
+                            lambda self, *a: calls.append(1) or branch_by_branch(self, *a))
+        out32 = FastASPPDeformable.from_exact(copy.deepcopy(exact))(x)
+        assert calls == [1]
+        out64 = FastASPPDeformable.from_exact(copy.deepcopy(exact).double())(x.double())
+        assert calls == [1]
+    torch.testing.assert_close(out64, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(out32.double(), ref, rtol=0, atol=1e-5)
+
+
 def _random_model(arch: Architecture) -> BiRefNet:
     torch.manual_seed(0)
     model = BiRefNet(arch)
