@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from birefnet_core import kernels
 from birefnet_core.fast import (FastASPPDeformable, FastDecBlk, FastDecoder, FastDeformableConv2d,
                                 FastSwinStage, FastSwinTransformer)
 from birefnet_core.model import BiRefNet
@@ -232,11 +233,14 @@ def test_fast_swin_is_the_same_function(backbone, shape):
             torch.testing.assert_close(b, a, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("one_launch", (False, True), ids=("cpu", "gpu-style"))
 @pytest.mark.parametrize("shift", (False, True), ids=("plain", "shifted"))
-def test_fast_swin_block_attends_from_real_tokens_only(monkeypatch, shift):
+def test_fast_swin_block_attends_from_real_tokens_only(monkeypatch, shift, one_launch):
     """On the CPU the padding positions of a window are keys (as trained) but not queries:
-    the attention calls get exactly the image's tokens as query rows, and the block's output
-    is still the exact one. A 12 x 17 grid in 7 x 7 windows is 26 % padding."""
+    the attention calls get exactly the image's tokens as query rows. The GPU's form (every
+    window of a mask part in one launch, every position a query; run here on the CPU) gets
+    them all. Either way the block's output is the exact one. A 12 x 17 grid in 7 x 7 windows
+    is 26 % padding."""
     torch.manual_seed(0)
     exact = SwinTransformer(BACKBONES["swin_v1_t"]).eval()
     with torch.no_grad():
@@ -247,6 +251,7 @@ def test_fast_swin_block_attends_from_real_tokens_only(monkeypatch, shift):
     assert bool(block.shift) == shift
     h, w = 12, 17
     x = torch.randn(2, h * w, block.norm1.normalized_shape[0])
+    plan = stage.plan_for(h, w, block.shift, x.device)
     query_rows = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -255,12 +260,14 @@ def test_fast_swin_block_attends_from_real_tokens_only(monkeypatch, shift):
         query_rows.append(q.shape[0] * q.shape[-2])
         return sdpa(q, k, v, **kwargs)
 
+    linear = kernels.plain_linear
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
     with torch.inference_mode():
-        fast = block(x.clone(), stage.plan_for(h, w, block.shift, x.device))
+        fast = block._mlp_in_place(
+            block._attention_chunked(x.clone(), plan, linear, one_launch=one_launch), linear)
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
         ref = block.forward_exact(x.clone(), h, w, stage.mask_for(h, w, x.device))
-    assert sum(query_rows) == x.shape[0] * h * w
+    assert sum(query_rows) == x.shape[0] * (plan.gather.numel() if one_launch else h * w)
     torch.testing.assert_close(fast, ref, rtol=0, atol=2e-5)
 
 

@@ -133,13 +133,12 @@ def window_plan(h: int, w: int, window: int, shift: int, device=None) -> _Window
 
 
 def _sdpa(qkv: torch.Tensor, attn_mask: torch.Tensor,
-          queries: torch.Tensor | None = None) -> torch.Tensor:
-    """``qkv``: ``[nW, N, 3, heads, d]`` -> ``[nW, Nq, heads * d]``: the attention output of
-    the window positions ``queries`` (all ``N`` if None; ``attn_mask`` has all ``N`` rows)."""
+          q: torch.Tensor | None = None) -> torch.Tensor:
+    """``qkv``: ``[nW, N, 3, heads, d]`` -> ``[nW, Nq, heads * d]``; ``q``: ``[nW, Nq, heads,
+    d]`` queries to use instead of all ``N`` of ``qkv`` (``attn_mask`` has their rows)."""
     nw = qkv.shape[0]
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [nW, heads, N, d] strided views
-    if queries is not None:
-        q, attn_mask = q[:, :, queries], attn_mask[:, :, queries]
+    q_all, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [nW, heads, N, d] strided views
+    q = q_all if q is None else q.transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(nw, q.shape[2], -1)
 
@@ -168,8 +167,11 @@ class FastSwinBlock(SwinBlock):
         computation, a kernel candidate where it is the faster one)."""
         return SwinBlock.forward(self, x, h, w, mask)
 
-    def _attention_chunked(self, x: torch.Tensor, plan: "_WindowPlan", linear) -> torch.Tensor:
-        """``x + attention(norm1(x))`` as a new tensor, computed a group of windows at a time.
+    def _attention_chunked(self, x: torch.Tensor, plan: "_WindowPlan", linear,
+                           one_launch: bool | None = None) -> torch.Tensor:
+        """``x + attention(norm1(x))`` as a new tensor, computed a group of windows at a time
+        (``one_launch``: all windows of a mask part at once, with every position a query, as
+        on a GPU; default: off on the CPU, on elsewhere).
 
         Each group gathers its tokens' rows, normalises them (zeroing the padding positions,
         as trained), projects, attends, and writes ``x + proj(...)`` of its real tokens straight
@@ -186,7 +188,9 @@ class FastSwinBlock(SwinBlock):
         bias = attn.relative_bias(x.dtype)[None]  # [1, heads, N, N]
         masked = None if plan.mask is None else bias + plan.mask.to(x.dtype)
         n_windows = plan.gather.numel() // n
-        if x.device.type == "cpu":
+        if one_launch is None:
+            one_launch = x.device.type != "cpu"
+        if not one_launch:
             # Cache-sized groups of windows with the same padding, whose padding positions are
             # left out as queries (their output is discarded; as keys they stay, as trained):
             # 21 % fewer attention rows at Swin-L's stage 3 for a 1024² image.
@@ -195,6 +199,13 @@ class FastSwinBlock(SwinBlock):
             step, runs = n_windows, ((0, plan.n_plain, None), (plan.n_plain, n_windows, None))
         for i in range(b):
             for lo, hi, queries in runs:
+                if lo == hi:
+                    continue
+                # The attention bias (and shift mask) of the run's windows, their query rows.
+                run_mask = bias if lo < plan.n_plain else masked[lo - plan.n_plain:
+                                                                 hi - plan.n_plain]
+                if queries is not None:
+                    run_mask = run_mask[:, :, queries]
                 for w0 in range(lo, hi, step):
                     w1 = min(hi, w0 + step)
                     group = plan.group(w0, w1, n)
@@ -203,12 +214,14 @@ class FastSwinBlock(SwinBlock):
                         real = real + i * length
                     xg = rows_x.index_select(0, real)
                     qkv = linear(self.norm1(xg), attn.qkv.weight, attn.qkv.bias)
+                    # The real tokens' rows are the queries (in window order), as computed.
+                    q = (None if queries is None else
+                         qkv.view(w1 - w0, -1, 3, heads, c // heads)[:, :, 0])
                     if group.keep is not None:
                         qkv = self._with_padding_rows(qkv, group, attn.qkv.bias)
                     qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
-                    mask = (bias if w0 < plan.n_plain else
-                            masked[w0 - plan.n_plain:w1 - plan.n_plain])
-                    o = _sdpa(qkv, mask, queries).view(-1, c)
+                    mask = run_mask if run_mask.shape[0] == 1 else run_mask[w0 - lo:w1 - lo]
+                    o = _sdpa(qkv, mask, q).view(-1, c)
                     if group.keep is not None and queries is None:
                         o = o.index_select(0, group.keep)
                     out.index_copy_(0, real, linear(o, attn.proj.weight, attn.proj.bias,
