@@ -194,8 +194,7 @@ class FastASPPDeformable(nn.Module):
         b, _, h, w = x.shape
         pooled = self.global_avg_pool(x).flatten(1)  # [B, planes]
         bias = F.linear(pooled, self.conv1_pool.weight, self.conv1_pool.bias)  # [B, C]
-        if x.device.type == "cpu" and x.dtype == torch.float32 and not (
-                torch.is_autocast_enabled("cpu")):
+        if x.device.type == "cpu" and kernels._compute_dtype(x) == torch.float32:
             return self.relu(self._fused_branch_by_branch(x, planes, bias))
         # Channels-last: each branch's GEMM writes its slice as a strided matrix, and the 1x1
         # fusing conv reads it ~3x faster than NCHW on the CPU.

@@ -202,8 +202,8 @@ class FastSwinBlock(SwinBlock):
                 if lo == hi:
                     continue
                 # The attention bias (and shift mask) of the run's windows, their query rows.
-                run_mask = bias if lo < plan.n_plain else masked[lo - plan.n_plain:
-                                                                 hi - plan.n_plain]
+                plain = lo < plan.n_plain
+                run_mask = bias if plain else masked[lo - plan.n_plain:hi - plan.n_plain]
                 if queries is not None:
                     run_mask = run_mask[:, :, queries]
                 for w0 in range(lo, hi, step):
@@ -220,7 +220,7 @@ class FastSwinBlock(SwinBlock):
                     if group.keep is not None:
                         qkv = self._with_padding_rows(qkv, group, attn.qkv.bias)
                     qkv = qkv.view(w1 - w0, n, 3, heads, c // heads)
-                    mask = run_mask if run_mask.shape[0] == 1 else run_mask[w0 - lo:w1 - lo]
+                    mask = run_mask if plain else run_mask[w0 - lo:w1 - lo]
                     o = _sdpa(qkv, mask, q).view(-1, c)
                     if group.keep is not None and queries is None:
                         o = o.index_select(0, group.keep)
