@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
                       gaussian_blur, guided_filter, inner_box_means, scatter_tiles, solve_dtype)
-from .layout import _resize, images_to_bchw, masks_to_b1hw, upsampling_factor
+from .layout import _resize, all_finite, images_to_bchw, masks_to_b1hw, upsampling_factor
 from .matting import _band_matting, _tile_budget
 
 __all__ = [
@@ -336,15 +336,16 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
         band = band * act.view(-1, 1, 1, 1).to(band.dtype)
     radius = max(1, round(2 * scale))
     smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale, where=band)
-    if not bool(torch.isfinite(smooth).all()):
+    if not all_finite(smooth):
         # A near-singular window (flat colour, float32 cancellation) gives a non-finite
         # coefficient, which the summed-area tables would spread: regularise more.
         smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale, where=band)
-    smooth = torch.where(torch.isfinite(smooth), smooth, alpha)
+        smooth = torch.where(torch.isfinite(smooth), smooth, alpha)
     # Full strength where the background is flat next to the contrast, less where its texture
     # would be copied into the alpha.
     alpha = torch.lerp(alpha, smooth, 1.0 / (1.0 + texture / _FILTER_TEXTURE)).clamp(0, 1)
     if mode == "matting":
         alpha = _band_matting(g4, alpha, band, scale, iterations)
-    alpha = torch.where(torch.isfinite(alpha), alpha, prior)
+    if not all_finite(alpha):
+        alpha = torch.where(torch.isfinite(alpha), alpha, prior)
     return back(band * alpha + (1 - band) * prior)

@@ -21,6 +21,7 @@ from typing import Mapping
 import torch
 
 from .errors import CheckpointError
+from .layout import all_finite
 from .model import BiRefNet
 from .model.swin import relative_position_index
 from .variants import (
@@ -404,14 +405,11 @@ def _check_finite_weights(sd: Mapping[str, torch.Tensor], expected: Mapping[str,
     """Refuse NaN / inf weights, naming the first such tensor: they would not fail, they would
     turn every mask into NaN (shown as black) while reporting success.
 
-    A tensor's sum is NaN or inf whenever one of its values is, so one reduction per tensor
-    screens it (several times faster than ``isfinite().all()``, which then confirms: only a
-    sum overflowing fp32, impossible for real weights, could make the screen fire alone).
+    One reduction per tensor screens it (:func:`~.layout.all_finite`).
     """
     for key in expected:
         tensor = sd[key]
-        if (tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum()))
-                and not bool(torch.isfinite(tensor).all())):
+        if not all_finite(tensor):
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
             raise CheckpointError(
                 f"{path}: tensor {key!r} {tuple(tensor.shape)} holds {nan} NaN and {inf} "

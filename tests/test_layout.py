@@ -7,6 +7,7 @@ import torch
 
 from birefnet_core.errors import InputError
 from birefnet_core.layout import (
+    all_finite,
     broadcast_batch,
     check_images,
     fit_masks,
@@ -55,6 +56,27 @@ def test_a_three_pixel_high_image_is_not_taken_for_channels_first():
 def test_bad_images_are_named(images, message):
     with pytest.raises(InputError, match=message):
         check_images(images)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite_where_the_sum_misleads(dtype):
+    big = torch.finfo(dtype).max
+    cases = {
+        "finite": torch.rand(3, 7, 5),
+        "nan": torch.tensor([0.0, float("nan"), 1.0]),
+        "+inf": torch.tensor([float("inf"), 0.5]),
+        "+inf and -inf (sum NaN)": torch.tensor([float("inf"), 0.0, float("-inf")]),
+        "finite, the sum overflows": torch.tensor([big, big, big], dtype=dtype),
+        "finite, the sum overflows, then a NaN": torch.tensor([big, big, float("nan")],
+                                                              dtype=dtype),
+        "empty": torch.zeros(0),
+    }
+    for name, t in cases.items():
+        t = t.to(dtype)
+        assert all_finite(t) == bool(torch.isfinite(t).all()), name
+    assert all_finite(cases["finite, the sum overflows"])
+    assert not bool(torch.isfinite(cases["finite, the sum overflows"].sum()))  # the case is real
+    assert all_finite(torch.tensor([1, 2, 3]))  # integers are finite
 
 
 def test_masks_in_every_layout_and_back():
