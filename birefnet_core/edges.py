@@ -36,7 +36,9 @@ EDGE_MODES = ("none", "guided", "matting")
 # Radii (in working-size pixels) of the local colour statistics, finest first.
 _FB_FACTORS = (2, 6)
 # Confident-sample thresholds, covariance ridge, prior variance and prior sharpening of the
-# colour model (sweeps in benchmarks/RESULTS_refine.md).
+# colour model (sweeps in benchmarks/RESULTS_refine.md). The sharpened prior's error variance
+# is _PRIOR_VAR where the fit takes the largest amount, less where the mask was crisper
+# (:func:`_prior_var`).
 _FB_LO, _FB_HI = 0.1, 0.9
 _FB_EPS = 1e-5
 _PRIOR_VAR = 0.003
@@ -100,7 +102,8 @@ def _fb_model(means, min_count):
 
 
 def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
-    """Undo the mask's own blur by as much as the image shows it has: ``(sharpened, gain)``.
+    """Undo the mask's own blur by as much as the image shows it has: ``(sharpened, gain,
+    amount)``.
 
     The sharpened prior is the unsharp mask ``prior + a (prior - blur)`` (clamped), with the
     amount ``a`` (one of :data:`_SHARPEN_AMOUNTS`) that brings it closest, in ``weight``-ed
@@ -109,7 +112,8 @@ def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
     soft fur gets a little sharpening, a blurred one over a hard edge a lot (items 4 and 6 of
     issue 17). One amount per group of rows (``groups[i]`` the group of row ``i``: the frame
     of a tile), or per row; ``gain`` (``[n_groups]``) is the fitted residual over that of the
-    unsharpened mask (1 where no pixel has colour evidence; then ``a`` is :data:`_SHARPEN`).
+    unsharpened mask (1 where no pixel has colour evidence; then ``a`` is :data:`_SHARPEN`);
+    ``amount`` (``[N, 1, 1, 1]``) is each row's ``a``.
     """
     detail = prior - blur
     acc = solve_dtype(prior.device)
@@ -126,7 +130,8 @@ def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
     amount = torch.tensor(_SHARPEN_AMOUNTS, dtype=prior.dtype, device=prior.device)[best]
     if groups is not None:
         amount = amount[groups]
-    return (prior + amount.view(-1, 1, 1, 1) * detail).clamp_(0, 1), gain.to(prior.dtype)
+    amount = amount.view(-1, 1, 1, 1)
+    return (prior + amount * detail).clamp_(0, 1), gain.to(prior.dtype), amount
 
 
 def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
@@ -153,16 +158,33 @@ def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
     return u, c, prec
 
 
-def _colour_estimate(guide, u, c, prec, prior_var=_PRIOR_VAR):
-    """The colour model's alpha ``u.I + c`` (clamped) and its weight against the prior when
-    the two are fused by inverse variances (:func:`_fuse`)."""
-    est = ((u * guide).sum(1, keepdim=True) + c).clamp(0, 1)
-    return est, prec / (prec + 1.0 / prior_var)
+def _colour_estimate(guide, u, c):
+    """The colour model's alpha ``u.I + c``, clamped."""
+    return ((u * guide).sum(1, keepdim=True) + c).clamp(0, 1)
 
 
-def _fuse(est, weight, prior):
-    """``est`` and ``prior`` fused by inverse variances (``weight``: est's share)."""
-    return torch.lerp(prior, est, weight)
+def _share(prec, prior_var):
+    """The colour estimate's share (0..1) when it is fused with a prior of variance
+    ``prior_var`` by inverse variances (``prec``: the estimate's precision)."""
+    return prec * prior_var / (prec * prior_var + 1.0)
+
+
+def _prior_var(amount):
+    """The sharpened prior's error variance: :data:`_PRIOR_VAR` at the largest amount, and in
+    proportion to the square of the amount below it. The amount the fit takes measures how
+    blurred the mask is against the image (its edge width), and the prior's error grows with
+    that width: a crisp mask (amount 0-1) is worth more than the colour model, which over a
+    textured background or fur is the noisier of the two (benchmarks/RESULTS_refine.md)."""
+    return _PRIOR_VAR * (amount / _SHARPEN_AMOUNTS[-1]) ** 2
+
+
+def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
+    """The prior sharpened by the amount fitted over ``band`` (:func:`_fit_sharpening`, with
+    the colour estimate's share at :data:`_PRIOR_VAR` as the weight), then fused with ``est``
+    by inverse variances at that amount's prior variance: ``(alpha, gain)``."""
+    sharp, gain, amount = _fit_sharpening(prior, blur, est, _share(prec, _PRIOR_VAR) * band,
+                                          groups, n_groups)
+    return torch.lerp(sharp, est, _share(prec, _prior_var(amount))), gain
 
 
 def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
@@ -178,8 +200,8 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
     finest radius where that side covers at least ``min_count`` of the window (so each side is
     as local as its population allows). Alpha is the Fisher-discriminant projection of the
     colour (:func:`_lda_coeffs`), fused by inverse variances with the prior sharpened by the
-    amount fitted to it over ``band`` (default: everywhere); the prior alone where a side has
-    no samples at any radius.
+    amount fitted to it over ``band`` (default: everywhere; :func:`_sharpen_and_fuse`); the
+    prior alone where a side has no samples at any radius.
 
     ``subsample > 1`` gathers the statistics at ``1/subsample`` size and upsamples them (cheap,
     less local); the projection is always at full size. ``halo > 0``: the inputs are
@@ -198,9 +220,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
         blur = inner(gaussian_blur(prior, _SHARPEN_SIGMA * scale))
         *model, texture = _fb_model(means, min_count)
-        est, weight = _colour_estimate(inner(guide), *_lda_coeffs(*model))
-        sharp, gain = _fit_sharpening(inner(prior), blur, est, weight * band, groups, n_groups)
-        return _fuse(est, weight, sharp), gain, texture
+        u, c, prec = _lda_coeffs(*model)
+        alpha, gain = _sharpen_and_fuse(inner(prior), blur, _colour_estimate(inner(guide), u, c),
+                                        prec, band, groups, n_groups)
+        return alpha, gain, texture
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -217,7 +240,7 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
         blur = _resize(gaussian_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
-        est, weight = _colour_estimate(guide, up[:, 0:3], up[:, 3:4], up[:, 4:5])
+        est, prec = _colour_estimate(guide, up[:, 0:3], up[:, 3:4]), up[:, 4:5]
     else:
         radii = [max(1, round(k * scale)) for k in factors]
         chans = _fb_channels(guide, prior, lo, hi)
@@ -227,10 +250,11 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         wide = F.pad(chans.to(solve_dtype(chans.device)), (pad,) * 4, mode="replicate")
         means = [m.to(chans.dtype) for m in inner_box_means(wide, radii, pad)]
         *model, texture = _fb_model(means, min_count)
-        est, weight = _colour_estimate(guide, *_lda_coeffs(*model))
+        u, c, prec = _lda_coeffs(*model)
+        est = _colour_estimate(guide, u, c)
         blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
-    sharp, gain = _fit_sharpening(prior, blur, est, weight * band)
-    return _fuse(est, weight, sharp), gain, texture
+    alpha, gain = _sharpen_and_fuse(prior, blur, est, prec, band)
+    return alpha, gain, texture
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
@@ -272,7 +296,8 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     between the colour distributions, means and covariances, of the nearest confident
     foreground / background pixels at 2 and 6 working-size pixels, computed at full resolution
     on the band's tiles), fused by inverse variances with the mask sharpened against its own
-    blur (an unsharp mask whose amount is fitted per frame to the colour model), then a fast
+    blur (an unsharp mask whose amount is fitted per frame to the colour model; the mask's
+    variance grows with that amount, so a crisp mask keeps its say), then a fast
     guided filter (coefficients at the working size), weakened where the local background is
     textured next to the foreground-background contrast (it would copy that texture into the
     alpha: fur over a photo). ``"matting"``: the same, then

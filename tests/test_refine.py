@@ -489,26 +489,58 @@ def test_sharpening_fit_follows_the_mask_blur():
     x = torch.arange(64, dtype=torch.float32) - 31.5
     edge = (x > 0).float().expand(1, 1, 64, 64)  # a hard vertical edge
     weight = torch.ones_like(edge)
-    amounts, gains = [], []
+    amounts, effective, gains = [], [], []
     for sigma in (0.5, 1.0, 2.0):
         prior = torch.sigmoid(x / sigma * 1.7).expand(1, 1, 64, 64)  # a soft edge, ~sigma wide
         blur = gaussian_blur(prior, 1.0)
-        sharp, gain = E._fit_sharpening(prior, blur, edge, weight)
-        amounts.append(((sharp - prior).abs().sum() / (prior - blur).abs().sum()).item())
+        sharp, gain, amount = E._fit_sharpening(prior, blur, edge, weight)
+        torch.testing.assert_close(sharp, (prior + amount * (prior - blur)).clamp(0, 1))
+        amounts.append(amount.item())
+        effective.append(((sharp - prior).abs().sum() / (prior - blur).abs().sum()).item())
         gains.append(gain.item())
-    assert amounts[0] < amounts[1] < amounts[2], amounts
+    assert amounts[0] < amounts[1] <= amounts[2], amounts
+    assert effective[0] < effective[1] < effective[2], effective  # clamped to 0..1
     assert gains[0] <= gains[1] < gains[2] < 1, gains  # the softer, the less it can undo
     # Two frames, tiles grouped by frame: the crisp frame's tiles get less than the soft one's.
     prior = torch.cat([torch.sigmoid(x / s * 1.7).expand(1, 1, 64, 64) for s in (0.5, 2.0)])
     tiles = torch.cat([prior, prior])  # rows 0, 2: frame 0 (crisp); 1, 3: frame 1 (soft)
     groups = torch.tensor([0, 1, 0, 1])
-    sharp, gain = E._fit_sharpening(tiles, gaussian_blur(tiles, 1.0), edge.expand(4, -1, -1, -1),
-                                    torch.ones_like(tiles), groups, 2)
-    assert gain.shape == (2,)
+    sharp, gain, amount = E._fit_sharpening(tiles, gaussian_blur(tiles, 1.0),
+                                            edge.expand(4, -1, -1, -1), torch.ones_like(tiles),
+                                            groups, 2)
+    assert gain.shape == (2,) and amount.shape == (4, 1, 1, 1)
+    assert amount[0] == amount[2] < amount[1] == amount[3]
     assert torch.equal(sharp[0], sharp[2]) and torch.equal(sharp[1], sharp[3])
     # No colour evidence: the default amount, gain 1.
     prior = torch.sigmoid(x / 2.0).expand(1, 1, 64, 64)
     blur = gaussian_blur(prior, 1.0)
-    sharp, gain = E._fit_sharpening(prior, blur, edge, torch.zeros_like(prior))
+    sharp, gain, amount = E._fit_sharpening(prior, blur, edge, torch.zeros_like(prior))
     torch.testing.assert_close(sharp, (prior + E._SHARPEN * (prior - blur)).clamp(0, 1))
-    assert gain.item() == 1.0
+    assert gain.item() == 1.0 and amount.item() == E._SHARPEN
+
+
+def test_a_crisp_mask_outweighs_a_noisy_colour_estimate():
+    """Fused by inverse variances, the sharpened mask's variance follows the blur the fit
+    finds: a crisp mask keeps its edge against a colour estimate that is right on average but
+    noisy (fur over a textured photo), a blurred one takes the colour model's share at
+    ``_PRIOR_VAR``. Scored against the true edge over the soft band."""
+    x = torch.arange(64, dtype=torch.float32) - 31.5
+    truth = torch.sigmoid(x / 0.5).expand(1, 1, 64, 64)
+    noise = 0.25 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    est = (truth + noise).clamp(0, 1)
+    prec = torch.full_like(truth, 1 / E._PRIOR_VAR)  # a share of 1/2 at _PRIOR_VAR
+    band = ((x.abs() < 6).float()).expand(1, 1, 64, 64)
+    errors, amounts = {}, {}
+    for sigma in (0.7, 3.0):
+        prior = torch.sigmoid(x / sigma).expand(1, 1, 64, 64)
+        blur = gaussian_blur(prior, 1.0)
+        alpha, _ = E._sharpen_and_fuse(prior, blur, est, prec, band)
+        sharp, _, amount = E._fit_sharpening(prior, blur, est, E._share(prec, E._PRIOR_VAR) * band)
+        fixed = torch.lerp(sharp, est, 0.5)  # the estimate's share at _PRIOR_VAR, any blur
+        errors[sigma] = [((a - truth).abs() * band).sum().item() for a in (alpha, fixed)]
+        amounts[sigma] = amount.item()
+        if sigma == 3.0:
+            torch.testing.assert_close(alpha, fixed)  # the largest amount: as before
+    assert amounts[0.7] <= 1.0 and amounts[3.0] == E._SHARPEN_AMOUNTS[-1], amounts
+    crisp = errors[0.7]
+    assert crisp[0] < 0.6 * crisp[1], crisp  # the crisp mask: much closer to the truth
