@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from birefnet_core.model import BiRefNet
-from birefnet_core.variants import Architecture
 from birefnet_core.weights import detect_architecture, filter_checkpoint
 from tests.conftest import FIXTURES
 

@@ -8,7 +8,6 @@ the mask. The model is a random PVT-v2-b0 BiRefNet run at a tiny working size on
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
