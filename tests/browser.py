@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from comfy_host import PACK_LINK, ComfyServer, unavailable
@@ -229,7 +230,11 @@ PAGE_SCRIPT = r"""
         if (document.elementFromPoint(x, y) === canvas) point = [x, y];
       }
     }
-    if (!point) return "no uncovered point of the canvas to drop on";
+    if (!point) {
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      const what = top ? `<${top.tagName.toLowerCase()} class="${top.className}">` : "nothing";
+      return `no uncovered point of the canvas to drop on (at its centre: ${what})`;
+    }
     const data = new DataTransfer();
     data.items.add(new File([text], name, { type: "application/json" }));
     const init = { bubbles: true, cancelable: true, composed: true, dataTransfer: data,
@@ -373,7 +378,15 @@ class ComfyPage:
         workflow = json.loads(path.read_text())
         ids = sorted(n["id"] for n in workflow["nodes"])
         loads = self.page.evaluate("() => __bt.loads.done")
-        problem = self.page.evaluate("([t, n]) => __bt.drop(t, n)", [path.read_text(), path.name])
+        # Something may cover the whole canvas for a moment (a toast or the loading mask of the
+        # previous workflow): retry for a while before calling it a failure.
+        deadline = time.monotonic() + DROP_TIMEOUT_MS / 1000
+        while True:
+            problem = self.page.evaluate("([t, n]) => __bt.drop(t, n)",
+                                         [path.read_text(), path.name])
+            if problem is None or time.monotonic() > deadline:
+                break
+            self.page.wait_for_timeout(250)
         assert problem is None, f"{path.name}: {problem}"
         self.page.wait_for_function(
             "([loads, ids]) => __bt.loads.done > loads && JSON.stringify("
@@ -408,6 +421,21 @@ class ComfyPage:
             "() => [...document.querySelectorAll('.p-dialog, [role=dialog], [role=alertdialog]')]"
             ".filter((d) => d.getClientRects().length && getComputedStyle(d).visibility !="
             " 'hidden').map((d) => d.innerText.trim().slice(0, 500))")
+
+    def close_dialogs(self, timeout_ms: float = 10_000) -> None:
+        """Close the dialogs on screen as a user would (Escape, then each one's close button)
+        and wait until they and their modal masks are gone: a mask left over the canvas would
+        take the next workflow's drop."""
+        gone = ("() => ![...document.querySelectorAll('.p-dialog, .p-dialog-mask, [role=dialog],"
+                " [role=alertdialog]')].some((d) => d.getClientRects().length)")
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.page.evaluate(gone) and time.monotonic() < deadline:
+            self.page.keyboard.press("Escape")
+            self.page.evaluate(
+                "() => document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close,"
+                " [role=dialog] button[aria-label=Close]').forEach((b) => b.click())")
+            self.page.wait_for_timeout(250)
+        assert self.page.evaluate(gone), f"dialogs still open: {self.dialogs()}"
 
     # -- editing and running --------------------------------------------------------------------
     def widget_options(self, node_id: int, name: str) -> list:

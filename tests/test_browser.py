@@ -477,7 +477,7 @@ def test_missing_node_types_would_be_seen(tab, tmp_path):
         assert any(unknown in d for d in dialogs), (
             f"[{tab.label}] no dialog names the missing type {unknown}: {dialogs}")
     finally:
-        tab.page.page.keyboard.press("Escape")
+        tab.page.close_dialogs()
         tab.page.page.wait_for_function("() => !document.querySelector('.p-dialog')")
 
 
