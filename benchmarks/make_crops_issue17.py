@@ -29,13 +29,15 @@
   0.5 and 1 and of a 512^2 one at sigma 0.5 (rows): true alpha | upsampled mask | before (the
   sharpened mask's variance fixed, whatever the blur the fit found) | now (in proportion to
   the square of the fitted amount) | 10 x |before - true| | 10 x |now - true|.
+* ``issue17_crisp_radius.png``: the same, masks of a 1024^2 and a 512^2 segmenter at sigma 0.5
+  (the fit finds them crisp): before (the final guided filter at 2 working px) | now (1 px).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import contextlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -194,33 +196,57 @@ def texture() -> None:
     _tiles(OUT / "issue17_texture.png", rows, 2)
 
 
-def prior_variance() -> None:
+def _before_now(path: Path, before, settings) -> None:
+    """Rows of true | mask | before | now | 10 x |before - true| | 10 x |now - true| on the lemur
+    2048 over beach, one per ``(working size, sigma)`` of ``settings``, in the 128-px window
+    where the first row changes most; ``before()`` is a context in which refine_edges runs as
+    it did before the change."""
     a, image, _ = _lemur_over_beach()
     results = []
-    for ws, sigma in ((1024, 0.5), (1024, 1.0), (512, 0.5)):
+    for ws, sigma in settings:
         ad = degrade(a, ws, sigma, blur="gaussian")
-        keep, E._prior_var = E._prior_var, lambda amount: E._PRIOR_VAR
-        try:
-            before = E.refine_edges(ad, image, ws)
-        finally:
-            E._prior_var = keep
-        results.append((ad, before, E.refine_edges(ad, image, ws)))
-    # The 128-px window where the change is largest in the first row (the outline: deep in the
-    # fur neither side has confident pixels nearby and nothing changes).
+        with before():
+            old = E.refine_edges(ad, image, ws)
+        results.append((ad, old, E.refine_edges(ad, image, ws)))
     change = F.avg_pool2d((results[0][1] - results[0][2]).abs(), 128, 32)
     iy, ix = divmod(int(change.flatten().argmax()), change.shape[-1])
     sl = (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
-    rows = [[a[sl], ad[sl], before[sl], now[sl], (10 * (before - a).abs())[sl],
-             (10 * (now - a).abs())[sl]] for ad, before, now in results]
-    for (ad, before, now), name in zip(results, ("1024 / 0.5", "1024 / 1", "512 / 0.5")):
-        err = [(x - a)[sl].abs().mean().item() for x in (ad, before, now)]
-        print(f"{name}: mean |error| in the crop: mask {err[0]:.4f}, before {err[1]:.4f}, "
-              f"now {err[2]:.4f}")
-    _tiles(OUT / "issue17_prior_variance.png", rows, 2)
+    rows = [[a[sl], ad[sl], old[sl], now[sl], (10 * (old - a).abs())[sl],
+             (10 * (now - a).abs())[sl]] for ad, old, now in results]
+    for (ad, old, now), (ws, sigma) in zip(results, settings):
+        err = [(x - a)[sl].abs().mean().item() for x in (ad, old, now)]
+        print(f"{path.name} {ws} / {sigma}: mean |error| in the crop: mask {err[0]:.4f}, "
+              f"before {err[1]:.4f}, now {err[2]:.4f}")
+    _tiles(path, rows, 2)
+
+
+@contextlib.contextmanager
+def _patched(name, value):
+    keep = getattr(E, name)
+    setattr(E, name, value)
+    try:
+        yield
+    finally:
+        setattr(E, name, keep)
+
+
+def prior_variance() -> None:
+    # (the filter's crisp radius as it was then, so that the crop shows this change alone)
+    with _patched("_FILTER_RADIUS_CRISP", E._FILTER_RADIUS):
+        _before_now(OUT / "issue17_prior_variance.png",
+                    lambda: _patched("_prior_var", lambda amount: E._PRIOR_VAR),
+                    ((1024, 0.5), (1024, 1.0), (512, 0.5)))
+
+
+def crisp_radius() -> None:
+    _before_now(OUT / "issue17_crisp_radius.png",
+                lambda: _patched("_FILTER_RADIUS_CRISP", E._FILTER_RADIUS),
+                ((1024, 0.5), (512, 0.5)))
 
 
 CROPS = {"green_rim": green_rim, "square_blocks": square_blocks, "sharpening": sharpening,
-         "wide_windows": wide_windows, "texture": texture, "prior_variance": prior_variance}
+         "wide_windows": wide_windows, "texture": texture, "prior_variance": prior_variance,
+         "crisp_radius": crisp_radius}
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

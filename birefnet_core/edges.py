@@ -51,6 +51,10 @@ _SHARPEN = 2.0
 # colour variance (trace) reaches this fraction of the squared foreground-background contrast it
 # is applied at half strength, less above (fur over a photo; benchmarks/RESULTS_refine.md).
 _FILTER_TEXTURE = 0.2
+# Its radius in working px; on frames the sharpening fit finds crisp (amount <= 1) a narrower
+# one: a crisp mask needs little correction, and a wider window takes in more of a photo's
+# texture behind fur (benchmarks/RESULTS_refine.md).
+_FILTER_RADIUS, _FILTER_RADIUS_CRISP = 2.0, 1.0
 # A mask that was not upsampled is refined only if the fitted sharpening brings it this much
 # closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
 # soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, item 6).
@@ -113,7 +117,7 @@ def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
     issue 17). One amount per group of rows (``groups[i]`` the group of row ``i``: the frame
     of a tile), or per row; ``gain`` (``[n_groups]``) is the fitted residual over that of the
     unsharpened mask (1 where no pixel has colour evidence; then ``a`` is :data:`_SHARPEN`);
-    ``amount`` (``[N, 1, 1, 1]``) is each row's ``a``.
+    ``amount`` (like ``gain``) is each group's ``a``.
     """
     detail = prior - blur
     acc = solve_dtype(prior.device)
@@ -128,10 +132,8 @@ def _fit_sharpening(prior, blur, est, weight, groups=None, n_groups=None):
     gain = torch.where(evidence, res.gather(1, best[:, None])[:, 0] / plain.clamp(min=1e-30),
                        torch.ones_like(plain))
     amount = torch.tensor(_SHARPEN_AMOUNTS, dtype=prior.dtype, device=prior.device)[best]
-    if groups is not None:
-        amount = amount[groups]
-    amount = amount.view(-1, 1, 1, 1)
-    return (prior + amount * detail).clamp_(0, 1), gain.to(prior.dtype), amount
+    rows = (amount if groups is None else amount[groups]).view(-1, 1, 1, 1)
+    return (prior + rows * detail).clamp_(0, 1), gain.to(prior.dtype), amount
 
 
 def _lda_coeffs(bm, d, cov, ok, eps=_FB_EPS):
@@ -181,18 +183,19 @@ def _prior_var(amount):
 def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
     """The prior sharpened by the amount fitted over ``band`` (:func:`_fit_sharpening`, with
     the colour estimate's share at :data:`_PRIOR_VAR` as the weight), then fused with ``est``
-    by inverse variances at that amount's prior variance: ``(alpha, gain)``."""
+    by inverse variances at that amount's prior variance: ``(alpha, gain, amount)``."""
     sharp, gain, amount = _fit_sharpening(prior, blur, est, _share(prec, _PRIOR_VAR) * band,
                                           groups, n_groups)
-    return torch.lerp(sharp, est, _share(prec, _prior_var(amount))), gain
+    rows = (amount if groups is None else amount[groups]).view(-1, 1, 1, 1)
+    return torch.lerp(sharp, est, _share(prec, _prior_var(rows))), gain, amount
 
 
 def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
                              min_count=0.05, lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0,
                              groups=None, n_groups=None):
     """Alpha from the nearest confident foreground / background colour distributions, the
-    sharpening fit's gain (:func:`_fit_sharpening`, per frame or per ``groups``) and the
-    background texture ratio of :func:`_fb_model`.
+    sharpening fit's gain and amount (:func:`_fit_sharpening`, per frame or per ``groups``) and
+    the background texture ratio of :func:`_fb_model`.
 
     For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
     of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
@@ -221,9 +224,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         blur = inner(gaussian_blur(prior, _SHARPEN_SIGMA * scale))
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model)
-        alpha, gain = _sharpen_and_fuse(inner(prior), blur, _colour_estimate(inner(guide), u, c),
-                                        prec, band, groups, n_groups)
-        return alpha, gain, texture
+        alpha, gain, amount = _sharpen_and_fuse(inner(prior), blur,
+                                                _colour_estimate(inner(guide), u, c), prec, band,
+                                                groups, n_groups)
+        return alpha, gain, amount, texture
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -253,13 +257,13 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         u, c, prec = _lda_coeffs(*model)
         est = _colour_estimate(guide, u, c)
         blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
-    alpha, gain = _sharpen_and_fuse(prior, blur, est, prec, band)
-    return alpha, gain, texture
+    alpha, gain, amount = _sharpen_and_fuse(prior, blur, est, prec, band)
+    return alpha, gain, amount, texture
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     """:func:`_multiscale_colour_alpha` at full resolution on the band's tiles only: ``(alpha,
-    gain, texture)``, the gain per frame, the texture ratio 0 off the tiles.
+    gain, amount, texture)``, gain and amount per frame, the texture ratio 0 off the tiles.
 
     The tiles (with a halo of the largest radius, so the statistics are exact inside them)
     cover the thin band of a real matte: a few percent of a large image. If a feathered mask
@@ -271,7 +275,8 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     tile = max(64, 32 * int(math.ceil(4 * halo / 32)))
     tiles = band_tiles(band > 0.5, tile, halo)
     if len(tiles) == 0:
-        return prior, prior.new_ones(prior.shape[0]), torch.zeros_like(prior)
+        return (prior, prior.new_ones(prior.shape[0]), prior.new_full((prior.shape[0],), _SHARPEN),
+                torch.zeros_like(prior))
     if len(tiles) * (tile + 2 * halo) ** 2 > _tile_budget(guide, max_pixels):
         return _multiscale_colour_alpha(guide, prior, scale, band, factors=(4,),
                                         subsample=2 * scale)
@@ -279,12 +284,36 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
     # The band inside each tile, zero where a border tile reaches past the image.
     inside = tiles.inside().to(band.dtype)
     band_crops = gather_tiles(band, tiles)[..., halo:halo + tile, halo:halo + tile] * inside
-    alpha, gain, texture = _multiscale_colour_alpha(crops[:, :3], crops[:, 3:4], scale,
-                                                    band_crops, halo=halo, groups=tiles.frame,
-                                                    n_groups=prior.shape[0])
+    alpha, gain, amount, texture = _multiscale_colour_alpha(
+        crops[:, :3], crops[:, 3:4], scale, band_crops, halo=halo, groups=tiles.frame,
+        n_groups=prior.shape[0])
     pad = (halo, halo, halo, halo)
-    return (scatter_tiles(prior, tiles, F.pad(alpha, pad)), gain,
+    return (scatter_tiles(prior, tiles, F.pad(alpha, pad)), gain, amount,
             scatter_tiles(torch.zeros_like(prior), tiles, F.pad(texture, pad)))
+
+
+def _final_filter(guide, alpha, band, scale, crisp):
+    """The fast guided filter of ``alpha`` over ``band``, frame by frame at radius
+    :data:`_FILTER_RADIUS` working px, :data:`_FILTER_RADIUS_CRISP` on the frames marked in
+    ``crisp`` (a bool per frame; coefficients at the working size)."""
+    crisp = [bool(c) for c in crisp]
+    out = torch.empty_like(alpha)
+    for flag, radius in ((False, _FILTER_RADIUS), (True, _FILTER_RADIUS_CRISP)):
+        frames = [i for i, c in enumerate(crisp) if c == flag]
+        if not frames:
+            continue
+        pick = (slice(None) if len(frames) == len(crisp) else
+                torch.tensor(frames, device=alpha.device))
+        g, a, b = guide[pick], alpha[pick], band[pick]
+        r = max(1, round(radius * scale))
+        smooth = guided_filter(g, a, r, eps=1e-5, subsample=scale, where=b)
+        if not all_finite(smooth):
+            # A near-singular window (flat colour, float32 cancellation) gives a non-finite
+            # coefficient, which the summed-area tables would spread: regularise more.
+            smooth = guided_filter(g, a, r, eps=1e-4, subsample=scale, where=b)
+            smooth = torch.where(torch.isfinite(smooth), smooth, a)
+        out[pick] = smooth
+    return out
 
 
 def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
@@ -298,7 +327,8 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     on the band's tiles), fused by inverse variances with the mask sharpened against its own
     blur (an unsharp mask whose amount is fitted per frame to the colour model; the mask's
     variance grows with that amount, so a crisp mask keeps its say), then a fast
-    guided filter (coefficients at the working size), weakened where the local background is
+    guided filter (coefficients at the working size; 2 working px, 1 on frames with a crisp
+    mask), weakened where the local background is
     textured next to the foreground-background contrast (it would copy that texture into the
     alpha: fur over a photo). ``"matting"``: the same, then
     ``iterations`` conjugate-gradient steps of closed-form matting (matrix-free Laplacian
@@ -353,19 +383,16 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     p_small = _resize(prior, small)
     uncertain = ((p_small > lo) & (p_small < 1 - lo)).to(prior.dtype)
     band = (_resize(dilate(uncertain, 1), (h, w)) > 0).to(prior.dtype)
-    alpha, gain, texture = _band_colour_alpha(g4, prior, band, scale)
+    alpha, gain, amount, texture = _band_colour_alpha(g4, prior, band, scale)
     if not upsampled:
         act = gain < _ACT_BELOW
         if not bool(act.any()):
             return mask
         band = band * act.view(-1, 1, 1, 1).to(band.dtype)
-    radius = max(1, round(2 * scale))
-    smooth = guided_filter(g4, alpha, radius, eps=1e-5, subsample=scale, where=band)
-    if not all_finite(smooth):
-        # A near-singular window (flat colour, float32 cancellation) gives a non-finite
-        # coefficient, which the summed-area tables would spread: regularise more.
-        smooth = guided_filter(g4, alpha, radius, eps=1e-4, subsample=scale, where=band)
-        smooth = torch.where(torch.isfinite(smooth), smooth, alpha)
+    # The narrower filter where the fit finds an upsampled mask crisp; a mask that was not
+    # upsampled is refined only where it is clearly softer than the image (the gate above).
+    smooth = _final_filter(g4, alpha, band, scale, (amount <= 1.0).tolist() if upsampled
+                           else [False] * alpha.shape[0])
     # Full strength where the background is flat next to the contrast, less where its texture
     # would be copied into the alpha.
     alpha = torch.lerp(alpha, smooth, 1.0 / (1.0 + texture / _FILTER_TEXTURE)).clamp(0, 1)

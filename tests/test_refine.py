@@ -246,10 +246,11 @@ def test_band_tiles_match_whole_image_colour_model():
     fg, bg = torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1), torch.tensor([0.1, 0.2, 0.8])
     g = m * fg + (1 - m) * bg.view(1, 3, 1, 1) + 0.05 * torch.rand(1, 3, 96, 96)
     band = ((m > 0.01) & (m < 0.99)).float()
-    tiled, tiled_gain, tiled_texture = E._band_colour_alpha(g, m, band, 2.0)
-    whole, whole_gain, whole_texture = E._multiscale_colour_alpha(g, m, 2.0, band)
+    tiled, tiled_gain, tiled_amount, tiled_texture = E._band_colour_alpha(g, m, band, 2.0)
+    whole, whole_gain, whole_amount, whole_texture = E._multiscale_colour_alpha(g, m, 2.0, band)
     inner = band.bool().clone()
     inner[..., :12, :] = inner[..., -12:, :] = inner[..., :, :12] = inner[..., :, -12:] = False
+    assert torch.equal(tiled_amount, whole_amount)
     assert torch.allclose(tiled[inner], whole[inner], atol=1e-4)
     assert torch.allclose(tiled_texture[inner], whole_texture[inner], atol=1e-4, rtol=1e-3)
     assert (tiled - m)[inner].abs().max() > 0.05  # it does act in the band
@@ -508,8 +509,8 @@ def test_sharpening_fit_follows_the_mask_blur():
     sharp, gain, amount = E._fit_sharpening(tiles, gaussian_blur(tiles, 1.0),
                                             edge.expand(4, -1, -1, -1), torch.ones_like(tiles),
                                             groups, 2)
-    assert gain.shape == (2,) and amount.shape == (4, 1, 1, 1)
-    assert amount[0] == amount[2] < amount[1] == amount[3]
+    assert gain.shape == (2,) and amount.shape == (2,)
+    assert amount[0] < amount[1]  # one amount per frame
     assert torch.equal(sharp[0], sharp[2]) and torch.equal(sharp[1], sharp[3])
     # No colour evidence: the default amount, gain 1.
     prior = torch.sigmoid(x / 2.0).expand(1, 1, 64, 64)
@@ -534,7 +535,7 @@ def test_a_crisp_mask_outweighs_a_noisy_colour_estimate():
     for sigma in (0.7, 3.0):
         prior = torch.sigmoid(x / sigma).expand(1, 1, 64, 64)
         blur = gaussian_blur(prior, 1.0)
-        alpha, _ = E._sharpen_and_fuse(prior, blur, est, prec, band)
+        alpha, _, _ = E._sharpen_and_fuse(prior, blur, est, prec, band)
         sharp, _, amount = E._fit_sharpening(prior, blur, est, E._share(prec, E._PRIOR_VAR) * band)
         fixed = torch.lerp(sharp, est, 0.5)  # the estimate's share at _PRIOR_VAR, any blur
         errors[sigma] = [((a - truth).abs() * band).sum().item() for a in (alpha, fixed)]
@@ -544,3 +545,39 @@ def test_a_crisp_mask_outweighs_a_noisy_colour_estimate():
     assert amounts[0.7] <= 1.0 and amounts[3.0] == E._SHARPEN_AMOUNTS[-1], amounts
     crisp = errors[0.7]
     assert crisp[0] < 0.6 * crisp[1], crisp  # the crisp mask: much closer to the truth
+
+
+def test_final_filter_radius_is_chosen_per_frame():
+    """The final guided filter runs at 1 working px on a frame marked crisp (refine_edges: an
+    upsampled mask the sharpening fit finds crisp, amount <= 1) and at 2 on the others, frame
+    by frame within one batch."""
+    torch.manual_seed(0)
+    guide = torch.rand(2, 3, 64, 64)
+    alpha = F.interpolate(torch.rand(2, 1, 8, 8), size=(64, 64), mode="bilinear")
+    band = torch.ones_like(alpha)
+    scale = 2.0
+    out = E._final_filter(guide, alpha, band, scale, [True, False])
+    for i, radius in ((0, 2), (1, 4)):  # 1 and 2 working px at scale 2
+        expected = guided_filter(guide[i:i + 1], alpha[i:i + 1], radius, eps=1e-5,
+                                 subsample=scale, where=band[i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], expected)
+    assert not torch.allclose(out[0:1], E._final_filter(guide[0:1], alpha[0:1], band[0:1], scale,
+                                                        [False]))
+
+
+def test_refine_edges_treats_each_frame_of_a_batch_as_alone(matting_dir):
+    """Per-frame decisions (the sharpening amount, the filter radius, whether a mask that was
+    not upsampled is refined) come out the same in a batch as for each frame alone."""
+    from benchmarks.matting_protocol import degrade, load_cases
+
+    a, f, _, bgs = load_cases(matting_dir, lemur_size=340)["lemur"]
+    frames = []
+    for name, sigma in (("beach", 0.5), ("magenta", 2.0)):
+        img = (a * f + (1 - a) * bgs[name]).permute(0, 2, 3, 1)
+        frames.append((degrade(a, 128, sigma, blur="gaussian"), img))
+    masks = torch.cat([m for m, _ in frames])
+    images = torch.cat([g for _, g in frames])
+    batch = E.refine_edges(masks[:, 0], images, working_size=128)
+    for i, (m, g) in enumerate(frames):
+        alone = E.refine_edges(m[:, 0], g, working_size=128)
+        torch.testing.assert_close(batch[i:i + 1], alone, atol=1e-5, rtol=0)
