@@ -378,8 +378,8 @@ class ComfyPage:
         workflow = json.loads(path.read_text())
         ids = sorted(n["id"] for n in workflow["nodes"])
         loads = self.page.evaluate("() => __bt.loads.done")
-        # Something may cover the whole canvas for a moment (a toast or the loading mask of the
-        # previous workflow): retry for a while before calling it a failure.
+        # Something may cover the whole canvas for a moment (CI once found it covered on the
+        # first drop into a fresh tab): retry for a while; a failure names what covers it.
         deadline = time.monotonic() + DROP_TIMEOUT_MS / 1000
         while True:
             problem = self.page.evaluate("([t, n]) => __bt.drop(t, n)",
