@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .filters import (_inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
-                      gaussian_blur, guided_filter, inner_box_means, scatter_tiles, solve_dtype)
+from .filters import (Tiles, _inv3_sym, _sym6, band_tiles, box_filter, dilate, gather_tiles,
+                      gaussian_blur, gaussian_reach, guided_filter, inner_box_means,
+                      scatter_tiles, solve_dtype)
 from .layout import _resize, all_finite, images_to_bchw, masks_to_b1hw, upsampling_factor
 from .matting import _band_matting, _tile_budget
 
@@ -69,10 +70,19 @@ def _sym_matvec(m, v):
                       m13 * x + m23 * y + m33 * z], 1)
 
 
-def _fb_channels(guide, prior, lo, hi):
-    """The 20 channels whose local means give the F / B colour means and covariances."""
-    wf = (prior > hi).to(guide.dtype)
-    wb = (prior < lo).to(guide.dtype)
+def _fb_channels(guide, soft, lo, hi):
+    """The 20 channels whose local means give the F / B colour means and covariances.
+
+    The confident samples are where ``soft``, the mask blurred as for its unsharp mask, is
+    above ``hi`` / below ``lo``: a pixel next to the edge of a crisp mask is often mixed
+    (its true alpha 0.8 where the mask says 0.95), and counted as foreground it pulls the
+    foreground mean toward the background, so the colour model's F - B shrinks and its alpha
+    comes out too hard, which the sharpening fit then follows (benchmarks/RESULTS_refine.md).
+    Blurring moves the thresholds about one working px into a crisp mask and barely moves
+    them in a blurred one, whose 0.1 / 0.9 levels already lie that far from the edge.
+    """
+    wf = (soft > hi).to(guide.dtype)
+    wb = (soft < lo).to(guide.dtype)
     g6 = _sym6(guide)
     return torch.cat([wf * guide, wf * g6, wf, wb * guide, wb * g6, wb], 1)
 
@@ -192,16 +202,17 @@ def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
 
 def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
                              min_count=0.05, lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0,
-                             groups=None, n_groups=None):
+                             groups=None, n_groups=None, soft=None):
     """Alpha from the nearest confident foreground / background colour distributions, the
     sharpening fit's gain and amount (:func:`_fit_sharpening`, per frame or per ``groups``) and
     the background texture ratio of :func:`_fb_model`.
 
     For each radius ``k * scale`` px (``k`` in ``factors``) the colour means and covariances
-    of the confident-foreground (prior > ``hi``) and confident-background (prior < ``lo``)
-    pixels are box-filtered; foreground and background statistics are each taken from the
-    finest radius where that side covers at least ``min_count`` of the window (so each side is
-    as local as its population allows). Alpha is the Fisher-discriminant projection of the
+    of the confident-foreground (> ``hi``) and confident-background (< ``lo``) pixels of the
+    prior blurred by :data:`_SHARPEN_SIGMA` working px (:func:`_fb_channels`) are
+    box-filtered; foreground and background statistics are each taken from the finest radius
+    where that side covers at least ``min_count`` of the window (so each side is as local as
+    its population allows). Alpha is the Fisher-discriminant projection of the
     colour (:func:`_lda_coeffs`), fused by inverse variances with the prior sharpened by the
     amount fitted to it over ``band`` (default: everywhere; :func:`_sharpen_and_fuse`); the
     prior alone where a side has no samples at any radius.
@@ -209,7 +220,9 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
     ``subsample > 1`` gathers the statistics at ``1/subsample`` size and upsamples them (cheap,
     less local); the projection is always at full size. ``halo > 0``: the inputs are
     ``[N, C, K, K]`` tile crops with that halo (``band`` the inner part's), only the inner part
-    is returned, and the sharpening is fitted per frame (``groups``: each tile's frame).
+    is returned, the sharpening is fitted per frame (``groups``: each tile's frame), and
+    ``soft`` is the blurred prior's crops (blurred on the whole image: a crop's own blur is
+    wrong near its border).
     """
     if band is None:
         band = torch.ones_like(prior)
@@ -218,10 +231,10 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         # is affine in the colour, so the centring cancels out).
         guide = guide - guide.mean(dim=(-2, -1), keepdim=True)
         radii = [min(halo, max(1, round(k * scale))) for k in factors]
-        means = inner_box_means(_fb_channels(guide, prior, lo, hi), radii, halo)
+        means = inner_box_means(_fb_channels(guide, soft, lo, hi), radii, halo)
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
-        blur = inner(gaussian_blur(prior, _SHARPEN_SIGMA * scale))
+        blur = inner(soft)
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model)
         alpha, gain, amount = _sharpen_and_fuse(inner(prior), blur,
@@ -235,7 +248,7 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         # and the blurred prior.
         small = (max(1, round(h / subsample)), max(1, round(w / subsample)))
         g, p = _resize(guide, small), _resize(prior, small)
-        chans = _fb_channels(g, p, lo, hi)
+        chans = _fb_channels(g, gaussian_blur(p, _SHARPEN_SIGMA * scale / subsample), lo, hi)
         means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model, eps=1e-5)
@@ -247,7 +260,8 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         est, prec = _colour_estimate(guide, up[:, 0:3], up[:, 3:4]), up[:, 4:5]
     else:
         radii = [max(1, round(k * scale)) for k in factors]
-        chans = _fb_channels(guide, prior, lo, hi)
+        blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
+        chans = _fb_channels(guide, blur, lo, hi)
         pad = max(radii)
         # Valid box sums for all radii (float64 where the device has it: exact enough for a
         # whole image).
@@ -256,7 +270,6 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model)
         est = _colour_estimate(guide, u, c)
-        blur = gaussian_blur(prior, _SHARPEN_SIGMA * scale)
     alpha, gain, amount = _sharpen_and_fuse(prior, blur, est, prec, band)
     return alpha, gain, amount, texture
 
@@ -281,12 +294,18 @@ def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
         return _multiscale_colour_alpha(guide, prior, scale, band, factors=(4,),
                                         subsample=2 * scale)
     crops = gather_tiles([guide, prior], tiles)
+    # The prior's blur on crops read with the blur's reach beyond the halo, so that it equals
+    # the whole image's inside the halo.
+    reach = gaussian_reach(_SHARPEN_SIGMA * scale)
+    wide = Tiles(tiles.frame, tiles.y, tiles.x, tile, halo + reach, tiles.size)
+    soft = gaussian_blur(gather_tiles(prior, wide), _SHARPEN_SIGMA * scale)[
+        ..., reach:-reach, reach:-reach]
     # The band inside each tile, zero where a border tile reaches past the image.
     inside = tiles.inside().to(band.dtype)
     band_crops = gather_tiles(band, tiles)[..., halo:halo + tile, halo:halo + tile] * inside
     alpha, gain, amount, texture = _multiscale_colour_alpha(
         crops[:, :3], crops[:, 3:4], scale, band_crops, halo=halo, groups=tiles.frame,
-        n_groups=prior.shape[0])
+        n_groups=prior.shape[0], soft=soft)
     pad = (halo, halo, halo, halo)
     return (scatter_tiles(prior, tiles, F.pad(alpha, pad)), gain, amount,
             scatter_tiles(torch.zeros_like(prior), tiles, F.pad(texture, pad)))

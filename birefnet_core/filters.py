@@ -258,6 +258,11 @@ def three_box_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
+def gaussian_reach(sigma: float) -> int:
+    """How far (px) :func:`gaussian_blur` reads from a pixel: 3 sigma, at least 1."""
+    return max(1, int(3.0 * sigma + 0.5))
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of ``x [B, C, H, W]`` with standard deviation ``sigma`` pixels (truncated at
     3 sigma, as ``scipy.ndimage.gaussian_filter(truncate=3)``), borders normalised by the part
@@ -271,7 +276,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    radius = max(1, int(3.0 * sigma + 0.5))
+    radius = gaussian_reach(sigma)
     if radius > GAUSSIAN_MAX_RADIUS:
         return three_box_blur(x, sigma)
     for dim in (-2, -1):
