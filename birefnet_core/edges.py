@@ -38,15 +38,15 @@ EDGE_MODES = ("none", "guided", "matting")
 _FB_FACTORS = (2, 6)
 # Confident-sample thresholds, covariance ridge, prior variance and prior sharpening of the
 # colour model (sweeps in benchmarks/RESULTS_refine.md). The sharpened prior's error variance
-# is _PRIOR_VAR where the fit takes the largest amount, less where the mask was crisper
-# (:func:`_prior_var`).
+# is _PRIOR_VAR where the fit takes the amount _PRIOR_AMOUNT, in proportion to the square of
+# the amount otherwise (:func:`_prior_var`).
 _FB_LO, _FB_HI = 0.1, 0.9
 _FB_EPS = 1e-5
-_PRIOR_VAR = 0.003
+_PRIOR_VAR, _PRIOR_AMOUNT = 0.003, 4.0
 # The prior's unsharp mask: Gaussian sigma (working px) and the amounts it is fitted among (one
 # per frame, by :func:`_fit_sharpening`); the default where no colour evidence decides.
 _SHARPEN_SIGMA = 1.0
-_SHARPEN_AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+_SHARPEN_AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 _SHARPEN = 2.0
 # The final guided filter copies the guide's texture into alpha: where the local background's
 # colour variance (trace) reaches this fraction of the squared foreground-background contrast it
@@ -182,12 +182,12 @@ def _share(prec, prior_var):
 
 
 def _prior_var(amount):
-    """The sharpened prior's error variance: :data:`_PRIOR_VAR` at the largest amount, and in
-    proportion to the square of the amount below it. The amount the fit takes measures how
+    """The sharpened prior's error variance: :data:`_PRIOR_VAR` at :data:`_PRIOR_AMOUNT`, in
+    proportion to the square of the amount. The amount the fit takes measures how
     blurred the mask is against the image (its edge width), and the prior's error grows with
     that width: a crisp mask (amount 0-1) is worth more than the colour model, which over a
     textured background or fur is the noisier of the two (benchmarks/RESULTS_refine.md)."""
-    return _PRIOR_VAR * (amount / _SHARPEN_AMOUNTS[-1]) ** 2
+    return _PRIOR_VAR * (amount / _PRIOR_AMOUNT) ** 2
 
 
 def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
