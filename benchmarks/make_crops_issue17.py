@@ -31,6 +31,11 @@
   the square of the fitted amount) | 10 x |before - true| | 10 x |now - true|.
 * ``issue17_crisp_radius.png``: the same, masks of a 1024^2 and a 512^2 segmenter at sigma 0.5
   (the fit finds them crisp): before (the final guided filter at 2 working px) | now (1 px).
+* ``issue17_blurred_samples.png``: the lemur over flat green, masks of a 1024^2 segmenter at
+  sigma 0.5 and 1: before (the colour model's confident samples thresholded on the mask) | now
+  (on the mask blurred as for its unsharp mask).
+* ``issue17_amount_5.png``: the synthetic portrait over the beach, masks of a 512^2 and a
+  1024^2 segmenter at sigma 2: before (sharpening amounts up to 4) | now (up to 5); errors 2 x.
 """
 
 from __future__ import annotations
@@ -118,11 +123,12 @@ def square_blocks() -> None:
            [a[sl], mask[sl], before[sl], now[sl], (5 * diff)[sl]], 3)
 
 
-def _lemur_over_beach():
-    """``(alpha, image [1,H,W,3], crop)``: the lemur 2048 composite over the beach photo and
-    the 128-px window with the most fractional alpha (fur)."""
-    a, f = pipeline_cases(MATTING)["lemur 2048"]
-    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])["beach"])
+def _lemur_over_beach(case="lemur 2048", background="beach"):
+    """``(alpha, image [1,H,W,3], crop)``: the lemur 2048 composite over the beach photo (or
+    another case of ``pipeline_cases`` over another source background) and the 128-px window
+    with the most fractional alpha (fur)."""
+    a, f = pipeline_cases(MATTING)[case]
+    img = (a * f + (1 - a) * pipeline_backgrounds(MATTING, a.shape[-2:])[background])
     frac = ((a > 0.02) & (a < 0.98)).float()
     density = F.avg_pool2d(frac, 128, 32)
     iy, ix = divmod(int(density.flatten().argmax()), density.shape[-1])
@@ -196,12 +202,13 @@ def texture() -> None:
     _tiles(OUT / "issue17_texture.png", rows, 2)
 
 
-def _before_now(path: Path, before, settings) -> None:
-    """Rows of true | mask | before | now | 10 x |before - true| | 10 x |now - true| on the lemur
-    2048 over beach, one per ``(working size, sigma)`` of ``settings``, in the 128-px window
-    where the first row changes most; ``before()`` is a context in which refine_edges runs as
-    it did before the change."""
-    a, image, _ = _lemur_over_beach()
+def _before_now(path: Path, before, settings, case="lemur 2048", background="beach",
+                gain=10) -> None:
+    """Rows of true | mask | before | now | gain x |before - true| | gain x |now - true| on the
+    lemur 2048 over beach (or ``case`` over ``background``), one per ``(working size, sigma)``
+    of ``settings``, in the 128-px window where the first row changes most; ``before()`` is a
+    context in which refine_edges runs as it did before the change."""
+    a, image, _ = _lemur_over_beach(case, background)
     results = []
     for ws, sigma in settings:
         ad = degrade(a, ws, sigma, blur="gaussian")
@@ -211,8 +218,8 @@ def _before_now(path: Path, before, settings) -> None:
     change = F.avg_pool2d((results[0][1] - results[0][2]).abs(), 128, 32)
     iy, ix = divmod(int(change.flatten().argmax()), change.shape[-1])
     sl = (Ellipsis, slice(iy * 32, iy * 32 + 128), slice(ix * 32, ix * 32 + 128))
-    rows = [[a[sl], ad[sl], old[sl], now[sl], (10 * (old - a).abs())[sl],
-             (10 * (now - a).abs())[sl]] for ad, old, now in results]
+    rows = [[a[sl], ad[sl], old[sl], now[sl], (gain * (old - a).abs())[sl],
+             (gain * (now - a).abs())[sl]] for ad, old, now in results]
     for (ad, old, now), (ws, sigma) in zip(results, settings):
         err = [(x - a)[sl].abs().mean().item() for x in (ad, old, now)]
         print(f"{path.name} {ws} / {sigma}: mean |error| in the crop: mask {err[0]:.4f}, "
@@ -244,9 +251,37 @@ def crisp_radius() -> None:
                 ((1024, 0.5), (512, 0.5)))
 
 
+@contextlib.contextmanager
+def _samples_from_the_mask():
+    """refine_edges with the colour model's confident samples thresholded on the mask itself
+    (before they came from its blur)."""
+    colour_alpha, channels = E._multiscale_colour_alpha, E._fb_channels
+    seen = {}
+
+    def keep_prior(guide, prior, *args, **kwargs):
+        seen["prior"] = prior
+        return colour_alpha(guide, prior, *args, **kwargs)
+
+    with _patched("_multiscale_colour_alpha", keep_prior), _patched(
+            "_fb_channels", lambda guide, soft, lo, hi: channels(guide, seen["prior"], lo, hi)):
+        yield
+
+
+def blurred_samples() -> None:
+    _before_now(OUT / "issue17_blurred_samples.png", _samples_from_the_mask,
+                ((1024, 0.5), (1024, 1.0)), background="green")
+
+
+def amount_5() -> None:
+    _before_now(OUT / "issue17_amount_5.png",
+                lambda: _patched("_SHARPEN_AMOUNTS", E._SHARPEN_AMOUNTS[:-1]),
+                ((512, 2.0), (1024, 2.0)), case="portrait (synthetic) 1536", gain=2)
+
+
 CROPS = {"green_rim": green_rim, "square_blocks": square_blocks, "sharpening": sharpening,
          "wide_windows": wide_windows, "texture": texture, "prior_variance": prior_variance,
-         "crisp_radius": crisp_radius}
+         "crisp_radius": crisp_radius, "blurred_samples": blurred_samples,
+         "amount_5": amount_5}
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
