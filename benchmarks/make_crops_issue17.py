@@ -36,6 +36,9 @@
   (on the mask blurred as for its unsharp mask).
 * ``issue17_amount_5.png``: the synthetic portrait over the beach, masks of a 512^2 and a
   1024^2 segmenter at sigma 2: before (sharpening amounts up to 4) | now (up to 5); errors 2 x.
+* ``issue17_unknown_texture.png``: the lemur over the beach, the crisp masks (sigma 0.5) of a
+  1024^2 and a 512^2 segmenter: before (the final filter at full strength where the colour
+  model has no samples on one side) | now (weakened by the frame's mean texture there).
 """
 
 from __future__ import annotations
@@ -278,10 +281,16 @@ def amount_5() -> None:
                 ((512, 2.0), (1024, 2.0)), case="portrait (synthetic) 1536", gain=2)
 
 
+def unknown_texture() -> None:
+    _before_now(OUT / "issue17_unknown_texture.png",
+                lambda: _patched("_fill_texture", lambda texture, *args: texture),
+                ((1024, 0.5), (512, 0.5)))
+
+
 CROPS = {"green_rim": green_rim, "square_blocks": square_blocks, "sharpening": sharpening,
          "wide_windows": wide_windows, "texture": texture, "prior_variance": prior_variance,
          "crisp_radius": crisp_radius, "blurred_samples": blurred_samples,
-         "amount_5": amount_5}
+         "amount_5": amount_5, "unknown_texture": unknown_texture}
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

@@ -52,10 +52,12 @@ _SHARPEN = 2.0
 # colour variance (trace) reaches this fraction of the squared foreground-background contrast it
 # is applied at half strength, less above (fur over a photo; benchmarks/RESULTS_refine.md).
 _FILTER_TEXTURE = 0.2
-# Its radius in working px; on frames the sharpening fit finds crisp (amount <= 1) a narrower
-# one: a crisp mask needs little correction, and a wider window takes in more of a photo's
-# texture behind fur (benchmarks/RESULTS_refine.md).
+# Its radius in working px; on frames the sharpening fit finds crisp (amount <= _CRISP_AMOUNT)
+# a narrower one: a crisp mask needs little correction, and a wider window takes in more of a
+# photo's texture behind fur (benchmarks/RESULTS_refine.md). On those frames it is also
+# weakened where the background's texture is unknown (:func:`_fill_texture`).
 _FILTER_RADIUS, _FILTER_RADIUS_CRISP = 2.0, 1.0
+_CRISP_AMOUNT = 1.0
 # A mask that was not upsampled is refined only if the fitted sharpening brings it this much
 # closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
 # soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, item 6).
@@ -200,6 +202,26 @@ def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
     return torch.lerp(sharp, est, _share(prec, _prior_var(rows))), gain, amount
 
 
+def _fill_texture(texture, ok, band, amount, groups=None, n_groups=None):
+    """The texture ratio where the colour model has no samples on one side (``ok`` 0, ratio 0:
+    the final filter at full strength), on crisp frames (``amount`` <= :data:`_CRISP_AMOUNT`),
+    set to the frame's mean over the band pixels that have one. A crisp mask has little to
+    gain from the filter, and where a frame's background is a photo the filter copies it into
+    fur wherever the ratio cannot see it (on the lemur over the beach, 90 % of a crisp band);
+    other frames keep the full filter there (a blurred mask needs it, hair strands far from the
+    confident samples too). Per frame, or per ``groups`` of rows (tiles) like
+    :func:`_fit_sharpening`."""
+    known = (ok > 0.5).to(texture.dtype) * band
+    acc = solve_dtype(texture.device)
+    total, count = (texture * known).sum((1, 2, 3), dtype=acc), known.sum((1, 2, 3), dtype=acc)
+    if groups is not None:
+        total = total.new_zeros(n_groups).index_add_(0, groups, total)
+        count = count.new_zeros(n_groups).index_add_(0, groups, count)
+    mean = torch.where(amount <= _CRISP_AMOUNT, total / count.clamp(min=1), 0.0).to(texture.dtype)
+    rows = (mean if groups is None else mean[groups]).view(-1, 1, 1, 1)
+    return torch.where(ok > 0.5, texture, rows)
+
+
 def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS,
                              min_count=0.05, lo=_FB_LO, hi=_FB_HI, subsample=1.0, halo=0,
                              groups=None, n_groups=None, soft=None):
@@ -240,7 +262,8 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         alpha, gain, amount = _sharpen_and_fuse(inner(prior), blur,
                                                 _colour_estimate(inner(guide), u, c), prec, band,
                                                 groups, n_groups)
-        return alpha, gain, amount, texture
+        return (alpha, gain, amount,
+                _fill_texture(texture, model[3], band, amount, groups, n_groups))
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -252,8 +275,8 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model, eps=1e-5)
-        up = _resize(torch.cat([u, c, prec, texture], 1), (h, w))
-        texture = up[:, 5:6]
+        up = _resize(torch.cat([u, c, prec, texture, model[3]], 1), (h, w))
+        texture, ok = up[:, 5:6], up[:, 6:7]
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
         blur = _resize(gaussian_blur(_resize(prior, ws), _SHARPEN_SIGMA), (h, w))
@@ -270,8 +293,9 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         *model, texture = _fb_model(means, min_count)
         u, c, prec = _lda_coeffs(*model)
         est = _colour_estimate(guide, u, c)
+        ok = model[3]
     alpha, gain, amount = _sharpen_and_fuse(prior, blur, est, prec, band)
-    return alpha, gain, amount, texture
+    return alpha, gain, amount, _fill_texture(texture, ok, band, amount)
 
 
 def _band_colour_alpha(guide, prior, band, scale, max_pixels=3 * 2 ** 19):
@@ -410,7 +434,7 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
         band = band * act.view(-1, 1, 1, 1).to(band.dtype)
     # The narrower filter where the fit finds an upsampled mask crisp; a mask that was not
     # upsampled is refined only where it is clearly softer than the image (the gate above).
-    smooth = _final_filter(g4, alpha, band, scale, (amount <= 1.0).tolist() if upsampled
+    smooth = _final_filter(g4, alpha, band, scale, (amount <= _CRISP_AMOUNT).tolist() if upsampled
                            else [False] * alpha.shape[0])
     # Full strength where the background is flat next to the contrast, less where its texture
     # would be copied into the alpha.
