@@ -192,12 +192,22 @@ def _prior_var(amount):
     return _PRIOR_VAR * (amount / _PRIOR_AMOUNT) ** 2
 
 
+def _fit_weight(prec, band):
+    """The sharpening fit's weight: 1 on the band's pixels where the colour model has samples.
+
+    Weighted by the colour estimate's precision instead, the fit leaned on the pixels where the
+    model claims to be surest; over a photo those are few and not the surest: on each sigma-0.5
+    and sigma-1 mask of the lemur over the beach it took one step more than the amount closest
+    to the true alpha (benchmarks/RESULTS_refine.md)."""
+    return (prec > 0).to(band.dtype) * band
+
+
 def _sharpen_and_fuse(prior, blur, est, prec, band, groups=None, n_groups=None):
-    """The prior sharpened by the amount fitted over ``band`` (:func:`_fit_sharpening`, with
-    the colour estimate's share at :data:`_PRIOR_VAR` as the weight), then fused with ``est``
-    by inverse variances at that amount's prior variance: ``(alpha, gain, amount)``."""
-    sharp, gain, amount = _fit_sharpening(prior, blur, est, _share(prec, _PRIOR_VAR) * band,
-                                          groups, n_groups)
+    """The prior sharpened by the amount fitted over ``band`` (:func:`_fit_sharpening`,
+    weighted by :func:`_fit_weight`), then fused with ``est`` by inverse variances at that
+    amount's prior variance: ``(alpha, gain, amount)``."""
+    sharp, gain, amount = _fit_sharpening(prior, blur, est, _fit_weight(prec, band), groups,
+                                          n_groups)
     rows = (amount if groups is None else amount[groups]).view(-1, 1, 1, 1)
     return torch.lerp(sharp, est, _share(prec, _prior_var(rows))), gain, amount
 
