@@ -59,8 +59,9 @@ _FILTER_TEXTURE = 0.2
 _FILTER_RADIUS, _FILTER_RADIUS_CRISP = 2.0, 1.0
 _CRISP_AMOUNT = 1.0
 # A mask that was not upsampled is refined only if the fitted sharpening brings it this much
-# closer to the colour model (residual ratio): hard edges under a soft mask measure 0.06-0.33,
-# soft fur 0.53-0.92 (benchmarks/RESULTS_refine.md, item 6).
+# closer to the colour model (residual ratio): hard edges under a soft mask measure 0.04-0.40,
+# the lemur's fur 0.29-1.00; refined at 0.49, one fur mask came out 1.31x worse
+# (benchmarks/RESULTS_refine.md, item 6 and 2026-11-29).
 _ACT_BELOW = 0.45
 
 
@@ -267,13 +268,12 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         t = guide.shape[-1] - 2 * halo
         inner = lambda v: v[..., halo:halo + t, halo:halo + t]  # noqa: E731
         blur = inner(soft)
-        *model, texture = _fb_model(means, min_count)
-        u, c, prec = _lda_coeffs(*model)
+        bm, d, cov, ok, texture = _fb_model(means, min_count)
+        u, c, prec = _lda_coeffs(bm, d, cov, ok)
         alpha, gain, amount = _sharpen_and_fuse(inner(prior), blur,
                                                 _colour_estimate(inner(guide), u, c), prec, band,
                                                 groups, n_groups)
-        return (alpha, gain, amount,
-                _fill_texture(texture, model[3], band, amount, groups, n_groups))
+        return alpha, gain, amount, _fill_texture(texture, ok, band, amount, groups, n_groups)
     h, w = guide.shape[-2:]
     if subsample > 1.0:
         # Everything but the final projection at 1/subsample size (separable float32 box
@@ -283,9 +283,9 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         g, p = _resize(guide, small), _resize(prior, small)
         chans = _fb_channels(g, gaussian_blur(p, _SHARPEN_SIGMA * scale / subsample), lo, hi)
         means = [box_filter(chans, max(1, round(k * scale / subsample))) for k in factors]
-        *model, texture = _fb_model(means, min_count)
-        u, c, prec = _lda_coeffs(*model, eps=1e-5)
-        up = _resize(torch.cat([u, c, prec, texture, model[3]], 1), (h, w))
+        bm, d, cov, ok, texture = _fb_model(means, min_count)
+        u, c, prec = _lda_coeffs(bm, d, cov, ok, eps=1e-5)
+        up = _resize(torch.cat([u, c, prec, texture, ok], 1), (h, w))
         texture, ok = up[:, 5:6], up[:, 6:7]
         # The prior's blur at one working-size pixel, computed at the working size.
         ws = (max(1, round(h / scale)), max(1, round(w / scale)))
@@ -300,10 +300,9 @@ def _multiscale_colour_alpha(guide, prior, scale, band=None, factors=_FB_FACTORS
         # whole image).
         wide = F.pad(chans.to(solve_dtype(chans.device)), (pad,) * 4, mode="replicate")
         means = [m.to(chans.dtype) for m in inner_box_means(wide, radii, pad)]
-        *model, texture = _fb_model(means, min_count)
-        u, c, prec = _lda_coeffs(*model)
+        bm, d, cov, ok, texture = _fb_model(means, min_count)
+        u, c, prec = _lda_coeffs(bm, d, cov, ok)
         est = _colour_estimate(guide, u, c)
-        ok = model[3]
     alpha, gain, amount = _sharpen_and_fuse(prior, blur, est, prec, band)
     return alpha, gain, amount, _fill_texture(texture, ok, band, amount)
 
