@@ -130,7 +130,7 @@ def square_blocks() -> None:
            [a[sl], mask[sl], before[sl], now[sl], (5 * diff)[sl]], 3)
 
 
-def _lemur_over_beach(case="lemur 2048", background="beach"):
+def _composite(case="lemur 2048", background="beach"):
     """``(alpha, image [1,H,W,3], crop)``: the lemur 2048 composite over the beach photo (or
     another case of ``pipeline_cases`` over another source background) and the 128-px window
     with the most fractional alpha (fur)."""
@@ -154,7 +154,7 @@ def _fixed_amount(mask, image, working_size):
 
 
 def sharpening() -> None:
-    a, image, sl = _lemur_over_beach()
+    a, image, sl = _composite()
     rows = []
     for sigma in (0.5, 2.0):
         ad = degrade(a, 1024, sigma, blur="gaussian")
@@ -194,7 +194,7 @@ def wide_windows() -> None:
 
 
 def texture() -> None:
-    a, image, sl = _lemur_over_beach()
+    a, image, sl = _composite()
     rows = []
     for ws in (1024, 512):
         ad = degrade(a, ws, 0.5, blur="gaussian")
@@ -215,7 +215,7 @@ def _before_now(path: Path, before, settings, case="lemur 2048", background="bea
     lemur 2048 over beach (or ``case`` over ``background``), one per ``(working size, sigma)``
     of ``settings``, in the 128-px window where the first row changes most; ``before()`` is a
     context in which refine_edges runs as it did before the change."""
-    a, image, _ = _lemur_over_beach(case, background)
+    a, image, _ = _composite(case, background)
     results = []
     for ws, sigma in settings:
         ad = degrade(a, ws, sigma, blur="gaussian")
@@ -294,7 +294,7 @@ def unknown_texture() -> None:
 def fit_weight() -> None:
     """Rows: sigma 0.5 in the window of its largest change; sigma 1 in the window where the
     change helps most and where it costs most (it does both)."""
-    a, image, _ = _lemur_over_beach()
+    a, image, _ = _composite()
     before = lambda: _patched("_fit_weight",  # noqa: E731
                               lambda prec, band: E._share(prec, E._PRIOR_VAR) * band)
     rows = []

@@ -382,7 +382,8 @@ def refine_edges(mask: torch.Tensor, guide: torch.Tensor, working_size=1024,
     guided filter (coefficients at the working size; 2 working px, 1 on frames with a crisp
     mask), weakened where the local background is
     textured next to the foreground-background contrast (it would copy that texture into the
-    alpha: fur over a photo). ``"matting"``: the same, then
+    alpha: fur over a photo; on a crisp mask also where the colour model has no samples to
+    measure that texture, :func:`_fill_texture`). ``"matting"``: the same, then
     ``iterations`` conjugate-gradient steps of closed-form matting (matrix-free Laplacian
     through box filters) on the band's tiles with the guided result as a soft data term:
     cleaner edges on flat backgrounds, slower.
